@@ -1,0 +1,51 @@
+"""Conversions between ComfyUI IMAGE tensors ([B,H,W,C] float32 in [0,1], on the CPU) and the
+NCHW tensors the networks use, with the alpha channel kept apart."""
+
+import torch
+import torch.nn.functional as F
+
+
+def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """IMAGE [B,H,W,C] with C in (1, 3, 4) -> (rgb NCHW, alpha N1HW or None). Gray becomes RGB."""
+    if image.ndim != 4:
+        raise ValueError(f"expected an IMAGE tensor [batch, height, width, channels], got shape {tuple(image.shape)}")
+    channels = image.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(f"expected 1 (gray), 3 (RGB) or 4 (RGBA) channels, got {channels}")
+    nchw = image.movedim(-1, 1).float()
+    if channels == 1:
+        return nchw.expand(-1, 3, -1, -1).contiguous(), None
+    if channels == 4:
+        return nchw[:, :3].contiguous(), nchw[:, 3:].contiguous()
+    return nchw.contiguous(), None
+
+
+def join_alpha(rgb: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """rgb NCHW (+ alpha N1HW, resized to rgb's size if needed) -> IMAGE [B,H,W,C] float32 in [0,1] on CPU."""
+    if alpha is not None:
+        if alpha.shape[-2:] != rgb.shape[-2:]:
+            alpha = resize(alpha.to(rgb), rgb.shape[-2:])
+        rgb = torch.cat([rgb, alpha.to(rgb)], dim=1)
+    return rgb.clamp(0.0, 1.0).movedim(1, -1).to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def resize(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
+    """Resize NCHW to ``size`` (h, w) with antialiasing when shrinking (torch's bicubic/bilinear)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode=mode)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+
+
+def match_batch(a: torch.Tensor, b: torch.Tensor, names=("image", "reference")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Broadcasts a batch of 1 against a batch of N; other mismatches are an error."""
+    if a.shape[0] == b.shape[0]:
+        return a, b
+    if b.shape[0] == 1:
+        return a, b.expand(a.shape[0], *b.shape[1:])
+    if a.shape[0] == 1:
+        return a.expand(b.shape[0], *a.shape[1:]), b
+    raise ValueError(f"{names[0]} has a batch of {a.shape[0]} and {names[1]} a batch of {b.shape[0]}: "
+                     "give both the same batch size, or a batch of 1 for one of them")

@@ -1,0 +1,8 @@
+"""The pack's ComfyUI nodes: thin V3 node classes that read inputs, call diffbir_modules, and return
+ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
+
+from .color_fix import DiffBIRColorFix
+
+NODES = [
+    DiffBIRColorFix,
+]

