@@ -50,10 +50,15 @@ def load_checkpoint(path: str, v_prediction_zsnr: bool = False):
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(
         path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
     if v_prediction_zsnr:
-        from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
-
-        model = ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
+        model = with_v_prediction_zsnr(model)
     return model, clip, vae
+
+
+def with_v_prediction_zsnr(model):
+    """A clone of MODEL sampled as v-prediction with zero terminal SNR (core ModelSamplingDiscrete node)."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    return ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
 
 
 def load_cleaner(path: str):
