@@ -278,3 +278,30 @@ def preset(version: str, task: str) -> Preset:
                              "use v2 or v2.1, or task 'face' with an aligned 512x512 face") from None
         raise ValueError(f"no DiffBIR preset for version {version!r} and task {task!r}; versions: "
                          f"{', '.join(VERSIONS)}; tasks: {', '.join(TASKS)}") from None
+
+
+def stamp_workflow_models(workflow: dict) -> int:
+    """Adds the web UI's model metadata (``properties.models``: name, url, directory) to every node of a
+    UI-format workflow that names a catalogue file in its widget values, and to every DiffBIRPresetLoader
+    (the files of its version + task). The frontend uses it to offer the missing files when someone opens
+    a shared workflow. Returns the number of nodes changed; existing entries for other files are kept."""
+    changed = 0
+    for node in workflow.get("nodes", []):
+        values = node.get("widgets_values") or []
+        if isinstance(values, dict):
+            values = list(values.values())
+        keys = [w.key for v in values if isinstance(v, str) and (w := by_filename(v.rsplit("/", 1)[-1]))]
+        if node.get("type") == "DiffBIRPresetLoader" and len(values) >= 2:
+            try:
+                keys += preset(str(values[0]), str(values[1])).files()
+            except ValueError:
+                pass
+        if not keys:
+            continue
+        properties = node.setdefault("properties", {})
+        models = [m for m in properties.get("models", []) if not by_filename(m.get("name", ""))]
+        models += [workflow_model_entry(k) for k in dict.fromkeys(keys)]
+        if properties.get("models") != models:
+            properties["models"] = models
+            changed += 1
+    return changed

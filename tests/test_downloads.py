@@ -204,3 +204,54 @@ def test_failed_download_reports_each_error(dl, weights, isolated_folders):
     assert "the download failed" in message and "cleaner.pth" in message
     assert "sha256 of the download is" in message and "HTTP 404" in message
     assert not any(dirs["upscale_models"].iterdir()), "a failed download left files behind"
+
+
+def test_progress_reaches_comfyui_bar_and_cancel_keeps_the_partial_file(dl, tmp_path, monkeypatch):
+    import comfy.model_management
+    import comfy.utils
+
+    bar_calls = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        bar_calls.append((value, total)))
+
+    class CancelAfterFirstChunk(dl.TextAndBarProgress):
+        def update(self, done, force=False):
+            super().update(done, force)
+            if 0 < done < len(PAYLOAD):
+                comfy.model_management.interrupt_current_processing(True)
+
+    dest = tmp_path / "model.bin"
+    with LoopbackFileServer({"model.bin": PAYLOAD}) as server:
+        try:
+            with pytest.raises(comfy.model_management.InterruptProcessingException):
+                dl.download(f"{server.url}/ok/model.bin", str(dest), sha256=PAYLOAD_SHA,
+                            progress=CancelAfterFirstChunk("model.bin"), backoff=0)
+        finally:
+            comfy.model_management.interrupt_current_processing(False)
+        kept = (tmp_path / "model.bin.part").stat().st_size
+        assert 0 < kept < len(PAYLOAD) and not dest.exists()
+        progress = dl.TextAndBarProgress("model.bin")
+        dl.download(f"{server.url}/ok/model.bin", str(dest), sha256=PAYLOAD_SHA, progress=progress, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests[-1][2] == f"bytes={kept}-"
+    assert bar_calls and bar_calls[-1] == (100, 100)
+
+
+def test_stamp_workflow_models(weights):
+    workflow = {"nodes": [
+        {"id": 1, "type": "CheckpointLoaderSimple", "widgets_values": ["v2-1_512-ema-pruned.safetensors"],
+         "properties": {"models": [{"name": "other.safetensors", "url": "https://x/other.safetensors",
+                                    "directory": "checkpoints"}]}},
+        {"id": 2, "type": "UpscaleModelLoader", "widgets_values": ["realesrgan_s4_swinir_100k.pth"]},
+        {"id": 3, "type": "DiffBIRPresetLoader", "widgets_values": ["v2", "face", True]},
+        {"id": 4, "type": "KSampler", "widgets_values": [1, "fixed", 20, 8.0, "euler", "normal", 1.0]},
+    ]}
+    assert weights.stamp_workflow_models(workflow) == 3
+    models = {n["id"]: n.get("properties", {}).get("models") for n in workflow["nodes"]}
+    assert models[1][0]["name"] == "other.safetensors" and models[1][1] == {
+        "name": "v2-1_512-ema-pruned.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/Manojb/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.safetensors"}
+    assert models[2] == [weights.workflow_model_entry("swinir_realesrgan")]
+    assert [m["name"] for m in models[3]] == ["v2-1_512-ema-pruned.safetensors", "v2.pth", "face_swinir_v1.ckpt"]
+    assert models[4] is None
+    assert weights.stamp_workflow_models(workflow) == 0  # idempotent
