@@ -78,10 +78,9 @@ def load_cleaner(path: str):
 
 
 def ircontrolnet_loader():
-    """The pack's IRControlNet loader function, ``diffbir_modules.ircontrolnet.load_ircontrolnet(path)``.
-
-    NOTE for the lead: the ircontrolnet branch defines that loader; rename here if its function is named
-    differently. Checked after the files are found and before the big checkpoint is loaded."""
+    """The pack's IRControlNet loader, ``diffbir_modules.ircontrolnet.load_ircontrolnet(path, version=...)``
+    (written on the ircontrolnet branch; its signature there is ``(path, version="auto", dtype=None)``).
+    Checked after the files are found and before the big checkpoint is loaded."""
     try:
         from . import ircontrolnet
     except ImportError as error:
@@ -101,5 +100,6 @@ def load_preset(version: str, task: str, allow_download: bool = True, require_ir
     model, clip, vae = load_checkpoint(paths[p.checkpoint], p.v_prediction_zsnr)
     cleaner = load_cleaner(paths[p.cleaner])
     background = load_cleaner(paths[p.background_cleaner]) if p.background_cleaner else cleaner
-    control = load_control(paths[p.ircontrolnet]) if load_control else None
+    # the release is known here, so it is passed on (the loader's "auto" cannot tell the releases apart)
+    control = load_control(paths[p.ircontrolnet], version=p.version) if load_control else None
     return LoadedPreset(p, paths, model, clip, vae, control, cleaner, background)
