@@ -305,26 +305,34 @@ def run_sampler(comfy, model, positive, negative, latent, sampler="KSampler", cf
                                                                  latent).result[0]["samples"]
 
 
+@pytest.fixture(scope="module")
+def reference_runs(comfy, tiny_models, prompts):
+    """KSampler results on one stage-1 image: without the control and at strength 0.5 and 1."""
+    model = tiny_models[0]
+    image = stage1_image(1, 64, 64)
+    runs = {}
+    for strength in (0.0, 0.5, 1.0):  # strength 0 attaches nothing: the plain SD result
+        runs[strength] = run_sampler(comfy, model, *apply_node(comfy, tiny_models, prompts, image, strength=strength))
+    return image, runs
+
+
 @pytest.mark.parametrize("sampler", ["KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"])
-def test_stock_samplers_run_with_the_control(comfy, tiny_models, prompts, sampler):
-    model = tiny_models[0]
-    image = stage1_image(1, 64, 64)
-    plain_pos, plain_neg = prompts
-    pos, neg, latent = apply_node(comfy, tiny_models, prompts, image)
-    with_control = run_sampler(comfy, model, pos, neg, latent, sampler)
-    without = run_sampler(comfy, model, plain_pos, plain_neg, latent, sampler)
-    assert with_control.shape == (1, 4, 8, 8) and torch.isfinite(with_control).all()
-    assert (with_control - without).abs().max() > 1e-3, "the IRControlNet did not change the result"
+def test_stock_samplers_run_with_the_control(comfy, tiny_models, prompts, reference_runs, sampler):
+    """Same seed, euler, normal schedule: the three stock sampler nodes give the same result with the
+    control, and it differs from plain SD."""
+    image, runs = reference_runs
+    if sampler == "KSampler":
+        result = runs[1.0]
+    else:
+        result = run_sampler(comfy, tiny_models[0], *apply_node(comfy, tiny_models, prompts, image), sampler)
+    assert result.shape == (1, 4, 8, 8) and torch.isfinite(result).all()
+    assert (result - runs[0.0]).abs().max() > 1e-3, "the IRControlNet did not change the result"
+    assert (result - runs[1.0]).abs().max() <= 1e-5 * runs[1.0].abs().max()
 
 
-def test_strength_scales_the_control(comfy, tiny_models, prompts):
-    model = tiny_models[0]
-    image = stage1_image(1, 64, 64)
-    outs = {s: run_sampler(comfy, model, *apply_node(comfy, tiny_models, prompts, image, strength=s))
-            for s in (0.0, 0.5, 1.0)}
-    assert (outs[0.5] - outs[0.0]).abs().max() > 1e-4 and (outs[1.0] - outs[0.5]).abs().max() > 1e-4
-    pos, neg, latent = apply_node(comfy, tiny_models, prompts, image)
-    assert torch.equal(outs[0.0], run_sampler(comfy, model, prompts[0], prompts[1], latent)), "strength 0 = no control"
+def test_strength_scales_the_control(reference_runs):
+    _, runs = reference_runs
+    assert (runs[0.5] - runs[0.0]).abs().max() > 1e-4 and (runs[1.0] - runs[0.5]).abs().max() > 1e-4
 
 
 def test_cfg_1_and_a_batch_of_2(comfy, tiny_models, prompts):
@@ -363,16 +371,26 @@ def test_batch_pairs_each_latent_with_its_image(comfy, irc, tiny_models, prompts
     assert out["output"][0].shape == (4, 320, 8, 8)
     with pytest.raises(ValueError, match=r"stage-1 image batch \(2\) does not match the latent batch \(3\)"):
         c.hint_for(torch.randn(6, 4, 8, 8), batched_number=2)
+    # start/end percent: outside the range the control (and its cost) is skipped
+    late = c.copy()
+    late.timestep_percent_range = (0.5, 1.0)
+    ms = model.model.model_sampling
+    with torch.inference_mode():
+        late.pre_run(model.model, ms.percent_to_sigma)
+        cond = {"c_crossattn": torch.zeros(2, 77, 1024)}
+        x = torch.randn(2, 4, 8, 8)
+        assert late.get_control(x, ms.percent_to_sigma(0.2) * torch.ones(2), cond, 1, {}) is None
+        assert late.get_control(x, ms.percent_to_sigma(0.7) * torch.ones(2), cond, 1, {}) is not None
+        late.cleanup()
 
 
-def test_with_a_lora_patched_model(comfy, tiny_models, prompts):
-    model = tiny_models[0]
+def test_with_a_lora_patched_model(comfy, tiny_models, prompts, reference_runs):
+    image, runs = reference_runs
     lora = install_model("loras", model_factory.sd2_lora_file("tiny"), "tiny-lora.safetensors")
     with torch.inference_mode():
-        lora_model = comfy.node_class("LoraLoaderModelOnly")().load_lora_model_only(model, lora, 1.0)[0]
-    pos, neg, latent = apply_node(comfy, tiny_models, prompts, stage1_image(1, 64, 64))
-    plain = run_sampler(comfy, model, pos, neg, latent)
-    patched = run_sampler(comfy, lora_model, pos, neg, latent)
+        lora_model = comfy.node_class("LoraLoaderModelOnly")().load_lora_model_only(tiny_models[0], lora, 1.0)[0]
+    plain = runs[1.0]
+    patched = run_sampler(comfy, lora_model, *apply_node(comfy, tiny_models, prompts, image))
     assert torch.isfinite(patched).all() and (patched - plain).abs().max() > 1e-4
 
 
@@ -384,12 +402,12 @@ def stock_controlnet(comfy):
 
 
 @pytest.mark.parametrize("order", ["stock after", "stock before"])
-def test_beside_a_stock_controlnet(comfy, irc, tiny_models, prompts, stock_controlnet, order):
+def test_beside_a_stock_controlnet(comfy, irc, tiny_models, prompts, stock_controlnet, reference_runs, order):
     model = tiny_models[0]
-    image = stage1_image(1, 64, 64)
+    image, runs = reference_runs
     stock_apply = comfy.node_class("ControlNetApplyAdvanced")()
     pos, neg, latent = apply_node(comfy, tiny_models, prompts, image)
-    alone = run_sampler(comfy, model, pos, neg, latent)
+    alone = runs[1.0]
     with torch.inference_mode():
         if order == "stock after":
             pos2, neg2 = stock_apply.apply_controlnet(pos, neg, stock_controlnet, image, 0.7, 0.0, 1.0)
@@ -513,3 +531,29 @@ def test_restoration_graph_through_the_server(comfy_server, sd2_tiny, ircontroln
 
     pixels = np.asarray(Image.open(path))
     assert pixels.shape == (56, 72, 3)  # sampled at 128x128 (padded to 64), cropped back
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_storage_with_manual_cast(comfy, irc, tiny_models, prompts, dtype):
+    """Weights stored in fp16/bf16 (what ComfyUI picks on GPUs) run through comfy.ops' manual cast
+    and give the fp32 residuals up to the storage rounding."""
+    model = tiny_models[0]
+    path = model_factory.ircontrolnet_file("tiny", fmt="pth")
+    with torch.inference_mode():
+        half = irc.load_ircontrolnet(str(path), dtype=dtype)
+    assert {p.dtype for p in half.control_model.parameters()} == {dtype}
+    pos, _, _ = apply_node(comfy, tiny_models, prompts, stage1_image(1, 64, 64))
+    full = pos[0][1]["control"]
+    half = half.copy().set_condition(full.condition)
+    x, sigma = torch.randn(1, 4, 8, 8), torch.full((1,), 2.0)
+    cond = {"c_crossattn": torch.randn(1, 77, 1024)}
+    outs = []
+    with torch.inference_mode():
+        for c in (full, half):
+            c.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
+            out = c.get_control(x, sigma, cond, 1, {})
+            c.cleanup()
+            outs.append(out["output"] + out["middle"])
+    for a, b in zip(*outs):
+        assert b.dtype == torch.float32  # computed in fp32 on the CPU (manual cast)
+        assert (a - b).abs().max() < 0.03 * a.abs().max()
