@@ -145,22 +145,22 @@ def test_loader_refuses_a_stock_controlnet(comfy):
         comfy.node_class("DiffBIRIRControlNetLoader").execute(name, "auto")
 
 
+# Files made in tmp_path are read with the loader's function directly (the node only resolves the
+# name), so no links to temporary files are left in the shared test models folder.
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
-def test_loader_names_a_truncated_file(comfy, tmp_path, fmt):
+def test_loader_names_a_truncated_file(irc, tmp_path, fmt):
     source = model_factory.ircontrolnet_file("tiny", fmt=fmt)
-    truncated = tmp_path / f"truncated.{source.suffix[1:]}"
+    truncated = tmp_path / f"truncated-{fmt}{source.suffix}"
     truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
-    name = install_model("diffbir", truncated, f"truncated-{fmt}{source.suffix}")
     with pytest.raises(ValueError, match=f"truncated-{fmt}.*truncated or corrupt.*download it again"):
-        comfy.node_class("DiffBIRIRControlNetLoader").execute(name, "auto")
+        irc.load_ircontrolnet(str(truncated))
 
 
-def test_loader_names_an_unknown_state_dict(comfy, tmp_path):
+def test_loader_names_an_unknown_state_dict(irc, tmp_path):
     path = tmp_path / "some-upscaler.pth"
     torch.save({"conv_first.weight": torch.randn(8, 3, 3, 3), "conv_last.bias": torch.randn(3)}, path)
-    name = install_model("diffbir", path, "some-upscaler.pth")
     with pytest.raises(ValueError, match="some-upscaler.pth: not an IRControlNet state dict.*conv_first.weight"):
-        comfy.node_class("DiffBIRIRControlNetLoader").execute(name, "auto")
+        irc.load_ircontrolnet(str(path))
 
 
 class _Payload:
@@ -172,7 +172,7 @@ class _Payload:
 
 
 @pytest.mark.parametrize("container", ["zip", "plain-pickle"])
-def test_loader_refuses_a_pickle_with_code(comfy, tmp_path, container):
+def test_loader_refuses_a_pickle_with_code(irc, tmp_path, container):
     marker = tmp_path / "payload-ran"
     sd = dict(model_factory.ircontrolnet_state_dict("tiny"))
     sd["payload"] = _Payload(str(marker))
@@ -182,9 +182,8 @@ def test_loader_refuses_a_pickle_with_code(comfy, tmp_path, container):
     else:
         with open(path, "wb") as f:
             pickle.dump(sd, f)
-    name = install_model("diffbir", path, f"evil-{container}.pth")
     with pytest.raises(ValueError, match=f"evil-{container}.pth: refused.*(shutil.copy|unknown).*could run code"):
-        comfy.node_class("DiffBIRIRControlNetLoader").execute(name, "auto")
+        irc.load_ircontrolnet(str(path))
     assert not marker.exists(), "the payload ran"
 
 
@@ -210,9 +209,8 @@ def test_loader_reads_lightning_metadata_without_running_it(comfy, irc, tmp_path
     torch.save({"state_dict": sd, "callbacks": {"cb": ModelCheckpoint()}, "epoch": 3}, path)
     for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
         monkeypatch.delitem(sys.modules, name)
-    name = install_model("diffbir", path, "full_v1_lightning.ckpt")
     with torch.inference_mode():
-        control = comfy.node_class("DiffBIRIRControlNetLoader").execute(name, "auto").result[0]
+        control = irc.load_ircontrolnet(str(path))
     assert control.version == "v1"
 
 
