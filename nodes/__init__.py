@@ -3,9 +3,13 @@ ComfyUI types. Node ids are what saved workflows store: never rename one once pu
 
 from .color_fix import DiffBIRColorFix
 from .degradation import DiffBIRSynthesizeDegradation
+from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
 from .presets import DiffBIRPresetLoader
 
 NODES = [
+    DiffBIRIRControlNetLoader,
+    DiffBIRApplyIRControlNet,
+    DiffBIRCropToStage1,
     DiffBIRColorFix,
     DiffBIRPresetLoader,
     DiffBIRSynthesizeDegradation,
