@@ -2,7 +2,12 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRFaceDetectorLoader,
+    DiffBIRFaceDetectAlign,
+    DiffBIRFaceParserLoader,
+    DiffBIRFacePasteBack,
 ]
