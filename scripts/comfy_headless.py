@@ -157,6 +157,44 @@ class ComfyServer:
     def run(self, prompt: dict, timeout: float = 1800) -> dict:
         return self.wait(self.queue(prompt), timeout=timeout)
 
+    def run_with_progress(self, prompt: dict, report, timeout: float = 86400) -> dict:
+        """Like run(), calling ``report(event, data)`` for the server's websocket messages
+        ("executing", "progress", ...) while the prompt runs."""
+        import threading
+
+        stop = threading.Event()
+        thread = threading.Thread(target=self._listen, args=(report, stop), daemon=True)
+        thread.start()
+        try:
+            return self.run(prompt, timeout=timeout)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _listen(self, report, stop) -> None:
+        import asyncio
+
+        import aiohttp  # a ComfyUI dependency
+
+        async def listen():
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.url.replace('http', 'ws')}/ws?clientId={self.client_id}") as ws:
+                    while not stop.is_set():
+                        try:
+                            message = await ws.receive(timeout=0.5)
+                        except asyncio.TimeoutError:
+                            continue
+                        if message.type == aiohttp.WSMsgType.TEXT:
+                            data = json.loads(message.data)
+                            report(data.get("type"), data.get("data", {}))
+                        elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            return
+
+        try:
+            asyncio.run(listen())
+        except Exception as error:  # progress display is best effort; the result comes from /history
+            report("progress_unavailable", {"error": str(error)})
+
     def output_images(self, entry: dict, node_id: str | None = None) -> list[Path]:
         """Paths of the images the prompt's output nodes saved."""
         paths = []

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Restore images with DiffBIR through a headless ComfyUI: the main job of this pack.
+
+    .venv/bin/python scripts/restore.py --input photo.png --output restored/
+    .venv/bin/python scripts/restore.py --input folder/ --output out/ --task denoise --version v2 --steps 50
+
+It starts ComfyUI's own ``main.py`` (the runtime scripts/setup.sh prepared, or COMFYUI_PATH) with
+this pack, loads the example workflow for the task and version (the same JSON users open in the
+web UI), sets the image, upscale, steps, seed and cfg, runs it, and writes the restored images.
+Weights are looked up in ComfyUI's model folders (``--models-dir``, default: the runtime's
+``models/``); a missing file is named with its download URL and target folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_headless  # noqa: E402
+
+REPO = comfy_headless.REPO
+WORKFLOWS = REPO / "example_workflows"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+# (task, version) -> example workflow file name (in example_workflows/)
+WORKFLOW_FOR = {
+    ("sr", "v2.1"): "DiffBIR v2.1 super-resolution (SwinIR).json",
+    ("sr", "v2"): "DiffBIR v2 super-resolution (BSRNet).json",
+    ("sr", "v1"): "DiffBIR v1 general.json",
+    ("denoise", "v2"): "DiffBIR v2 denoising (SCUNet).json",
+    ("denoise", "v1"): "DiffBIR v1 general.json",
+    ("face", "v2.1"): "DiffBIR v2.1 aligned faces.json",
+    ("face_in_the_wild", "v2.1"): "DiffBIR v2.1 faces in the wild.json",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the restored images")
+    parser.add_argument("--task", default="sr", choices=sorted({t for t, _ in WORKFLOW_FOR}))
+    parser.add_argument("--version", default="v2.1", choices=["v1", "v2", "v2.1"])
+    parser.add_argument("--upscale", type=float, default=None, help="output size / input size (default: workflow's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: workflow's)")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: workflow's)")
+    parser.add_argument("--seed", type=int, default=231, help="sampling seed (official default 231)")
+    parser.add_argument("--workflow", type=Path, default=None, help="run this UI-format workflow instead")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="ComfyUI models folder holding the weights (default: the runtime's models/)")
+    parser.add_argument("--timeout", type=float, default=24 * 3600)
+    return parser.parse_args(argv)
+
+
+def input_images(path: Path) -> list[Path]:
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+        return images
+    if not path.is_file():
+        raise SystemExit(f"input {path} does not exist")
+    return [path]
+
+
+def choose_workflow(args) -> Path:
+    if args.workflow:
+        return args.workflow
+    name = WORKFLOW_FOR.get((args.task, args.version))
+    if name is None:
+        versions = sorted(v for t, v in WORKFLOW_FOR if t == args.task)
+        raise SystemExit(f"task {args.task!r} has no {args.version} workflow; available versions: {versions}")
+    path = WORKFLOWS / name
+    if not path.exists():
+        raise SystemExit(f"example workflow {path} is missing")
+    return path
+
+
+def patch_prompt(prompt: dict, image_name: str, prefix: str, args) -> dict:
+    """Sets the run's image and options on the API-format prompt, by input name: the image on
+    LoadImage, upscale on the stage-1 node, seed/steps/cfg wherever a node has them."""
+    loaders = [n for n in prompt.values() if n["class_type"] == "LoadImage"]
+    savers = [n for n in prompt.values() if n["class_type"] == "SaveImage"]
+    if len(loaders) != 1 or not savers:
+        raise SystemExit("the workflow needs exactly one LoadImage node and a SaveImage node")
+    loaders[0]["inputs"]["image"] = image_name
+    for saver in savers:
+        saver["inputs"]["filename_prefix"] = prefix
+    overrides = {"upscale": args.upscale, "steps": args.steps, "cfg": args.cfg,
+                 "seed": args.seed, "noise_seed": args.seed}
+    for node in prompt.values():
+        for name, value in overrides.items():
+            if value is not None and name in node["inputs"] and not isinstance(node["inputs"][name], list):
+                node["inputs"][name] = value
+    return prompt
+
+
+class Progress:
+    """One status line per node with its step progress, from the server's websocket messages."""
+
+    def __init__(self, prompt: dict):
+        self.titles = {k: v.get("_meta", {}).get("title", v["class_type"]) for k, v in prompt.items()}
+        self.started = time.monotonic()
+
+    def __call__(self, event, data):
+        if event == "executing" and data.get("node"):
+            print(f"\r  {time.monotonic() - self.started:7.1f} s  {self.titles.get(data['node'], data['node'])}"
+                  + " " * 20, end="", flush=True)
+        elif event == "progress":
+            title = self.titles.get(data.get("node"), "")
+            print(f"\r  {time.monotonic() - self.started:7.1f} s  {title}: {data['value']}/{data['max']}" + " " * 10,
+                  end="", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    images = input_images(args.input)
+    workflow_path = choose_workflow(args)
+    workflow = comfy_headless.load_workflow(workflow_path)
+    models_dir = args.models_dir or comfy_headless.comfyui_root() / "models"
+    base = comfy_headless.make_base_directory(comfy_headless.scratch_base("diffbir-restore-"), models_dir)
+    args.output.mkdir(parents=True, exist_ok=True)
+    print(f"DiffBIR: {len(images)} image(s), workflow '{workflow_path.name}', models from {models_dir}")
+    with comfy_headless.ComfyServer(base) as server:
+        object_info = server.object_info()
+        for index, image in enumerate(images, 1):
+            shutil.copy(image, base / "input" / image.name)
+            prompt = patch_prompt(comfy_headless.workflow_to_prompt(workflow, object_info), image.name,
+                                  f"restore_{index:05d}", args)
+            print(f"[{index}/{len(images)}] {image}")
+            try:
+                entry = server.run_with_progress(prompt, Progress(prompt), timeout=args.timeout)
+            except (comfy_headless.PromptRejected, comfy_headless.PromptFailed) as error:
+                print(f"\n  failed: {error}", file=sys.stderr)
+                return 1
+            for n, produced in enumerate(server.output_images(entry)):
+                target = args.output / (f"{image.stem}_diffbir" + (f"_{n}" if n else "") + produced.suffix)
+                shutil.copy(produced, target)
+                print(f"\n  -> {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
