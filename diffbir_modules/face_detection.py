@@ -435,9 +435,12 @@ def retinaface_backbone_of(state_dict: dict) -> str | None:
     return None
 
 
-def load_strict(module: nn.Module, state_dict: dict, what: str, source: str) -> nn.Module:
-    """Loads a state dict that must match ``module`` exactly (BatchNorm's num_batches_tracked may be
-    absent); errors name the file and what differs."""
+def load_strict(module_factory, state_dict: dict, what: str, source: str) -> nn.Module:
+    """Builds ``module_factory()`` (on the meta device: no wasted initialisation) and loads a state
+    dict that must match it exactly (BatchNorm's num_batches_tracked may be absent); errors name the
+    file and what differs. Floating-point weights are kept in float32."""
+    with torch.device("meta"):
+        module = module_factory()
     own = module.state_dict()
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked") or k in own}
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
@@ -449,7 +452,14 @@ def load_strict(module: nn.Module, state_dict: dict, what: str, source: str) -> 
             f"{source} is not a {what} weight file in the expected layout: "
             f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, "
             f"{len(wrong)} with other shapes {wrong[:3]}")
-    module.load_state_dict(state_dict, strict=False)
+    full = {}
+    for key, reference in own.items():
+        if key in state_dict:
+            value = state_dict[key]
+            full[key] = value.float() if value.is_floating_point() else value
+        else:  # an absent BatchNorm counter
+            full[key] = torch.zeros(reference.shape, dtype=reference.dtype)
+    module.load_state_dict(full, strict=True, assign=True)
     return module.eval()
 
 
@@ -459,12 +469,12 @@ def build_retinaface(state_dict: dict, source: str = "the weights") -> RetinaFac
     if backbone is None:
         raise ValueError(f"{source} is not a RetinaFace file (expected facexlib's detection_Resnet50_Final.pth or "
                          "detection_mobilenet0.25_Final.pth layout: body.layer1.* or body.stage1.* keys)")
-    return load_strict(RetinaFace(backbone), state_dict, f"RetinaFace {backbone}", source)
+    return load_strict(lambda: RetinaFace(backbone), state_dict, f"RetinaFace {backbone}", source)
 
 
 def build_mtcnn(pnet: dict, rnet: dict, onet: dict, source: str = "the weights") -> MTCNN:
     net = MTCNN()
-    load_strict(net.pnet, pnet, "MTCNN P-Net", f"{source} (pnet)")
-    load_strict(net.rnet, rnet, "MTCNN R-Net", f"{source} (rnet)")
-    load_strict(net.onet, onet, "MTCNN O-Net", f"{source} (onet)")
+    net.pnet = load_strict(PNet, pnet, "MTCNN P-Net", f"{source} (pnet)")
+    net.rnet = load_strict(RNet, rnet, "MTCNN R-Net", f"{source} (rnet)")
+    net.onet = load_strict(ONet, onet, "MTCNN O-Net", f"{source} (onet)")
     return net.eval()

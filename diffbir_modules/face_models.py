@@ -48,11 +48,24 @@ def _find(name: str) -> str | None:
         return None
 
 
+# catalogue keys of the pack's weights catalogue (diffbir_modules/weights.py), where it exists
+CATALOGUE_KEYS = {"detection_Resnet50_Final.pth": "retinaface_resnet50",
+                  "detection_mobilenet0.25_Final.pth": "retinaface_mobilenet", "parsing_parsenet.pth": "parsenet"}
+
+
 def fetch(name: str, url: str, allow_download: bool = True) -> str:
-    """Path of models/facedetection/<name>; downloads it from ``url`` when missing and allowed."""
+    """Path of models/facedetection/<name>; downloaded from ``url`` when missing and allowed. Uses the
+    pack's checksum-verifying downloader (diffbir_modules/downloads.py) when the pack has it."""
     path = _find(name)
     if path is not None:
         return path
+    try:
+        from . import downloads
+    except ImportError:
+        downloads = None
+    if downloads is not None and name in CATALOGUE_KEYS:
+        key = CATALOGUE_KEYS[name]
+        return downloads.ensure([key], allow_download=allow_download)[key]
     folder_paths = _folder_paths()
     folders = folder_paths.get_folder_paths(FOLDER) if FOLDER in folder_paths.folder_names_and_paths else []
     target_dir = folders[0] if folders else os.path.join(folder_paths.models_dir, FOLDER)

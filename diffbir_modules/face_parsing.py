@@ -95,7 +95,7 @@ def build_parsenet(state_dict: dict, source: str = "the weights") -> ParseNet:
     if "out_mask_conv.conv2d.weight" not in state_dict:
         raise ValueError(f"{source} is not a ParseNet file (expected facexlib's parsing_parsenet.pth layout with "
                          "out_mask_conv.conv2d.weight)")
-    return load_strict(ParseNet(), state_dict, "ParseNet", source)
+    return load_strict(ParseNet, state_dict, "ParseNet", source)
 
 
 @torch.no_grad()

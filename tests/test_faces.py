@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import install_model
 
 import face_data
 import model_factory
-from conftest import install_model
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,7 +101,7 @@ def two_heads():
 
 def test_batch_with_different_face_counts(comfy, mtcnn):
     batch = torch.cat([face_data.astronaut(), two_heads()])
-    crops, faces, preview = detect(comfy, batch, mtcnn)
+    crops, faces, preview = detect(comfy, batch, mtcnn, detection_size=0)
     assert [f.image_index for f in faces.faces] == [0, 1, 1]
     assert crops.shape == (3, 512, 512, 3) and preview.shape == batch.shape
     assert faces.faces[1].box[0] < faces.faces[2].box[0]  # left to right
@@ -136,7 +136,10 @@ def test_paste_onto_a_larger_background(comfy, astronaut_faces):
 
 
 def test_colour_matching_and_feather(comfy, astronaut_faces):
+    """Also: restored crops of another size (256 px for 512 px crops) paste to the same place."""
     image, (crops, faces, _) = astronaut_faces
+    crops = torch.nn.functional.interpolate(crops.permute(0, 3, 1, 2), size=(256, 256), mode="bilinear",
+                                            antialias=True).permute(0, 2, 3, 1).contiguous()
     tinted = (crops * torch.tensor([1.0, 0.7, 0.7]) + 0.1).clamp(0, 1)  # a colour-shifted "restoration"
     plain, mask = paste(comfy, image, tinted, faces)
     region = mask[0] > 0.99
@@ -154,31 +157,33 @@ def test_colour_matching_and_feather(comfy, astronaut_faces):
 
 @pytest.fixture(scope="module")
 def group(comfy, mtcnn):
+    """t1.jpg at half size (640x443: six faces of ~50 px), detected once with MTCNN."""
     photo = face_data.group_photo()
     if photo is None:
         pytest.skip("t1.jpg needs PyPI (pip download insightface==2.1 --no-deps), which cannot be reached")
+    half = torch.nn.functional.interpolate(photo.permute(0, 3, 1, 2), scale_factor=0.5, mode="bilinear",
+                                           antialias=True).permute(0, 2, 3, 1).contiguous()
     faces_module = comfy.pack_module("diffbir_modules.faces")
     with torch.inference_mode():
-        boxes, landmarks = faces_module.detect(lambda img, q: mtcnn.detect(img, q, 0.8), photo[0].permute(2, 0, 1))
-    return photo, boxes, landmarks
+        boxes, landmarks = faces_module.detect(lambda img, q: mtcnn.detect(img, q, 0.8), half[0].permute(2, 0, 1),
+                                               detection_size=0)
+    return half, boxes, landmarks
 
 
 def test_group_photo_count_and_selection(comfy, group):
     photo, boxes, landmarks = group
     faces_module = comfy.pack_module("diffbir_modules.faces")
     height, width = photo.shape[1:3]
-    order = faces_module.face_order(boxes)
-    boxes = boxes[order]
+    boxes = boxes[faces_module.face_order(boxes)]
     centres = (boxes[:, 0] + boxes[:, 2]) / 2
-    assert torch.all(centres[1:] >= centres[:-1])  # numbered left to right
-    confident = boxes[:, 4] >= 0.95
     sides = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    print(f"t1.jpg: {boxes.shape[0]} detections, {int(confident.sum())} with score >= 0.95, box sides "
-          f"{sides.round().tolist()}")
-    assert int(confident.sum()) == 6  # the six people
-    assert len(faces_module.select(boxes, (height, width), "all")) == boxes.shape[0]
-    big = faces_module.select(boxes, (height, width), "all", min_size=80)
-    assert len(big) == 6 and all(bool(confident[i]) for i in big)  # small false detections dropped
+    print(f"t1.jpg (640x443): {boxes.shape[0]} faces, scores {boxes[:, 4].tolist()}, box sides {sides.tolist()}")
+    assert boxes.shape[0] == 6  # the six people, nothing else
+    assert torch.all(centres[1:] >= centres[:-1])  # numbered left to right
+    assert faces_module.select(boxes, (height, width), "all") == list(range(6))
+    threshold = float(sides.median())
+    big = faces_module.select(boxes, (height, width), "all", min_size=threshold)
+    assert big == [i for i in range(6) if sides[i] >= threshold] and 0 < len(big) < 6
     largest = faces_module.select(boxes, (height, width), "largest")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert largest == [int(areas.argmax())]
@@ -187,29 +192,37 @@ def test_group_photo_count_and_selection(comfy, group):
     assert centre == [int(distances.argmin())]
     assert faces_module.select(boxes, (height, width), "indices", "0, 2, 99") == [0, 2]
     assert faces_module.select(boxes, (height, width), "indices", "1-3") == [1, 2, 3]
-    assert faces_module.select(boxes, (height, width), "indices", "-1") == [boxes.shape[0] - 1]
+    assert faces_module.select(boxes, (height, width), "indices", "-1") == [5]
     assert faces_module.select(boxes, (height, width), "indices", "0, 2", min_size=10_000) == []
     with pytest.raises(ValueError, match="cannot read 'x'"):
         faces_module.select(boxes, (height, width), "indices", "0, x")
+    # the numbering does not depend on the detector's order or on a small shift of the picture
+    shifted = boxes.clone()
+    shifted[:, :4] += 7
+    shuffled = shifted[torch.randperm(6, generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(shuffled[faces_module.face_order(shuffled)], shifted)
+    ordered_areas = areas[faces_module.face_order(boxes, "largest first")]
+    assert torch.all(ordered_areas[1:] <= ordered_areas[:-1])
 
 
 def test_group_photo_node_selection(comfy, group, mtcnn):
     photo, _, _ = group
-    crops, faces, preview = detect(comfy, photo, mtcnn, selection="indices", indices="0, 2", confidence=0.95)
+    crops, faces, preview = detect(comfy, photo, mtcnn, selection="indices", indices="0, 2", detection_size=0)
     assert [f.index for f in faces.faces] == [0, 2] and crops.shape == (2, 512, 512, 3)
     assert faces.faces[0].box[0] < faces.faces[1].box[0]
-    # five red boxes (skipped) and two green ones on the preview
+    # four red boxes (skipped) and two green ones on the preview
     red = (preview[0, ..., 0] > 0.85) & (preview[0, ..., 1] < 0.25) & (preview[0, ..., 2] < 0.25)
     green = (preview[0, ..., 1] > 0.8) & (preview[0, ..., 0] < 0.25) & (preview[0, ..., 2] < 0.3)
-    assert red.sum() > green.sum() > 500
+    assert red.sum() > green.sum() > 200
 
 
 @pytest.fixture(scope="module")
 def retinaface_files():
     names = {}
-    for kind, prefix in (("retinaface_resnet50", True), ("retinaface_mobilenet0.25", False)):
+    for kind, filename, prefix in (("retinaface_resnet50", "detection_Resnet50_Final.pth", True),
+                                   ("retinaface_mobilenet0.25", "detection_mobilenet0.25_Final.pth", False)):
         source = model_factory.face_model_file(kind, seed=3, module_prefix=prefix)
-        names[kind] = install_model("facedetection", source, f"{'detection_Resnet50_Final' if 'resnet' in kind else 'detection_mobilenet0.25_Final'}.pth")
+        names[kind] = install_model("facedetection", source, filename)
     return names
 
 
@@ -221,7 +234,7 @@ def test_retinaface_nodes_run_with_random_weights(comfy, retinaface_files, kind)
         detector = comfy.node_class("DiffBIRFaceDetectorLoader").execute(kind, False).result[0]
     assert detector.name == kind
     image = face_data.astronaut()[:, ::4, ::4].contiguous()
-    for quirks in (False, True):
+    for quirks in (False, True) if "mobilenet" in kind else (False,):
         crops, faces, preview = detect(comfy, image, detector, selection="largest", confidence=0.5,
                                        detection_size=0, face_size=64, official_quirks=quirks)
         assert crops.shape[1:] == (64, 64, 3) and crops.shape[0] == max(1, len(faces)) and len(faces) <= 1
@@ -241,8 +254,11 @@ def test_weight_errors_say_what_to_do(comfy):
         detection.build_retinaface(broken, source="broken.pth")
 
 
-def test_paste_with_face_parser(comfy, astronaut_faces):
-    """ParseNet (random weights in the published layout) limits the paste mask; it runs at 512 px."""
+def test_paste_with_face_parser(comfy, astronaut_faces, monkeypatch):
+    """ParseNet (random weights in the published layout) limits the paste mask. The official network
+    input is 512 px (~10 s on 2 CPU cores); here it runs at 128 px to keep the test short (the mask
+    maths at 512 is checked against the official code in test_faces_parity.py)."""
+    monkeypatch.setattr(comfy.pack_module("diffbir_modules.face_parsing"), "PARSE_SIZE", 128)
     install_model("facedetection", model_factory.face_model_file("parsenet", seed=4), "parsing_parsenet.pth")
     image, (crops, faces, _) = astronaut_faces
     with torch.inference_mode():

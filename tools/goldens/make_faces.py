@@ -24,8 +24,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
-import model_factory  # noqa: E402
 import official  # noqa: E402
+
+import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "faces"
 SEED_RESNET, SEED_MOBILE, SEED_PARSE = 11, 12, 13
@@ -179,7 +180,8 @@ def main():
 
     # 5. align + paste-back with the helper, faces given by landmarks (no detector involved)
     def run_helper(image, landmarks, face_size, restored, background, parse_labels=None):
-        helper = face_module.FaceRestoreHelper(upscale_factor=1, face_size=face_size, use_parse=parse_labels is not None,
+        helper = face_module.FaceRestoreHelper(upscale_factor=1, face_size=face_size,
+                                               use_parse=parse_labels is not None,
                                                det_model="retinaface_mobile0.25", device="cpu")
         if parse_labels is not None:
             logits = torch.from_numpy(np.eye(19, dtype=np.float32)[parse_labels]).permute(2, 0, 1)[None]
