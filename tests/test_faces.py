@@ -267,3 +267,12 @@ def test_paste_with_face_parser(comfy, astronaut_faces, monkeypatch):
     out, mask = paste(comfy, image, crops, faces, face_parser=parser)
     assert out.shape == image.shape and mask.shape == plain_mask.shape
     assert torch.all(mask <= plain_mask + 1e-6)  # the parse mask only ever narrows the soft mask
+
+
+def test_eye_distance_and_its_official_slip(comfy):
+    faces_module = comfy.pack_module("diffbir_modules.faces")
+    # (x, y): eyes 40 px apart, the nose 20 px left of the right eye
+    landmarks = torch.tensor([[[100.0, 100.0], [140.0, 103.0], [120.0, 130.0], [105.0, 150.0], [135.0, 150.0]]])
+    assert torch.allclose(faces_module.eye_distance(landmarks), torch.tensor([math.hypot(40, 3)]))
+    # DiffBIR's fork reads (left_eye_y - right_eye_y, right_eye_x - nose_x)
+    assert torch.allclose(faces_module.eye_distance(landmarks, official_quirks=True), torch.tensor([math.hypot(3, 20)]))
