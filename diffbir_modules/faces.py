@@ -220,7 +220,7 @@ def placeholder_crop(face_size: int = 512) -> torch.Tensor:
 
 
 # -- preview ------------------------------------------------------------------------------------
-def draw_preview(images: torch.Tensor, found: list, message: str = "") -> torch.Tensor:
+def draw_preview(images: torch.Tensor, found: list) -> torch.Tensor:
     """images [B,3,H,W] in [0,1] with every detected face's box, index and landmarks: selected faces
     in green, the others in red. Returns [B,3,H,W]."""
     import numpy as np

@@ -126,7 +126,7 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
             faceset.message += "; the crops output carries one grey placeholder, paste-back will skip it"
             logging.warning("DiffBIR Face Detect & Align: no face selected (%s)", faceset.message)
             crops = face_pipeline.placeholder_crop(face_size)
-        preview = face_pipeline.draw_preview(rgb, found, faceset.message)
+        preview = face_pipeline.draw_preview(rgb, found)
         return io.NodeOutput(images.join_alpha(crops, None), faceset, images.join_alpha(preview, None))
 
 
