@@ -2,10 +2,14 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .degradation import DiffBIRSynthesizeDegradation
 from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
+from .presets import DiffBIRPresetLoader
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRPresetLoader,
+    DiffBIRSynthesizeDegradation,
     DiffBIRFaceDetectorLoader,
     DiffBIRFaceDetectAlign,
     DiffBIRFaceParserLoader,
