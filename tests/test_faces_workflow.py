@@ -37,7 +37,7 @@ def test_faces_in_the_wild_workflow_runs_headless(comfy_server, sd2_tiny):
     Image.fromarray(pixels).save(comfy_server.base / "input" / "faces_wild_test.png")
     info = comfy_server.object_info()
     nodes = tools.faces_in_the_wild(chain="stock", image="faces_wild_test.png", detector="mtcnn",
-                                    checkpoint=sd2_tiny, face_size=128)
+                                    checkpoint=sd2_tiny, face_size=128, parse=False)
     workflow = tools.build(nodes, info)
     prompt = comfy_headless.workflow_to_prompt(workflow, info)
     save_id = next(node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage")

@@ -25,7 +25,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))
 from builder import Node, build, dumps, note  # noqa: E402
+
+from diffbir_modules import weights  # noqa: E402
+
+DETECTOR_FILES = {"retinaface_resnet50": "retinaface_resnet50", "retinaface_mobilenet0.25": "retinaface_mobilenet"}
 
 UPSCALE = 2.0
 
@@ -40,9 +45,10 @@ Two paths meet in **DiffBIR Face Paste Back**:
 Check the **preview**: green faces are restored, red ones skipped (set *selection*, *indices* or
 *min_size* to choose). No face found: the image passes through unchanged (see the log).
 
-RetinaFace weights go to `models/facedetection` (downloaded on first use when online); for offline use
-pick `mtcnn` in the detector loader (see docs/faces.md). Connect *DiffBIR Face Parser Loader* to the
-paste node to paste only the face itself (as official DiffBIR does).
+RetinaFace and ParseNet weights go to `models/facedetection` (downloaded on first use when online); for
+offline use pick `mtcnn` in the detector loader (see docs/faces.md). *DiffBIR Face Parser Loader* makes
+the paste node paste only the face itself, as official DiffBIR does; disconnect it to paste the whole
+aligned square with its soft edge.
 """
 
 ALIGNED_NOTE = """# DiffBIR: an aligned face
@@ -87,12 +93,14 @@ def _stock_restore(prefix: str, image, checkpoint: str, seed: int) -> list:
 
 
 def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detector: str = "retinaface_resnet50",
-                      checkpoint: str = "", face_size: int = 512, upscale: float = UPSCALE) -> list:
+                      checkpoint: str = "", face_size: int = 512, upscale: float = UPSCALE, parse: bool = True) -> list:
     nodes = [note("readme", WILD_NOTE, title="Read me"),
              Node("load", "LoadImage", title="low-quality image", image=image),
              Node("upscale", "ImageScaleBy", title="upscale (as the official loop before detection)",
                   image=("load", 0), upscale_method="bicubic", scale_by=upscale),
-             Node("detector", "DiffBIRFaceDetectorLoader", detector=detector),
+             Node("detector", "DiffBIRFaceDetectorLoader", detector=detector,
+                  models=[weights.workflow_model_entry(DETECTOR_FILES[detector])] if detector in DETECTOR_FILES
+                  else None),
              Node("detect", "DiffBIRFaceDetectAlign", image=("upscale", 0), detector=("detector", 0),
                   face_size=face_size),
              Node("preview", "PreviewImage", title="detected faces (green: restored)", images=("detect", 2))]
@@ -107,8 +115,13 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
                           image=("load", 0), upscale_method="bicubic", scale_by=upscale))
     else:
         raise ValueError(f"unknown chain {chain!r}")
+    paste_options = {}
+    if parse:  # official DiffBIR pastes through the ParseNet face mask
+        nodes.append(Node("parser", "DiffBIRFaceParserLoader",
+                          models=[weights.workflow_model_entry("parsenet")]))
+        paste_options["face_parser"] = ("parser", 0)
     nodes += [Node("paste", "DiffBIRFacePasteBack", background=("background_colour", 0),
-                   restored_faces=("face_colour", 0), faces=("detect", 1)),
+                   restored_faces=("face_colour", 0), faces=("detect", 1), **paste_options),
               Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_faces"),
               Node("save_mask", "MaskToImage", mask=("paste", 1)),
               Node("mask_preview", "PreviewImage", title="paste mask", images=("save_mask", 0))]
@@ -148,7 +161,9 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for title, describe in WORKFLOWS.items():
         path = out / f"{title}.json"
-        path.write_text(dumps(build(describe(args.chain), info)))
+        workflow = build(describe(args.chain), info)
+        weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
+        path.write_text(dumps(workflow))
         print(f"wrote {path}")
 
 
