@@ -3,6 +3,7 @@ ComfyUI types. Node ids are what saved workflows store: never rename one once pu
 
 from .color_fix import DiffBIRColorFix
 from .degradation import DiffBIRSynthesizeDegradation
+from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
 from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
 from .presets import DiffBIRPresetLoader
 
@@ -13,4 +14,8 @@ NODES = [
     DiffBIRColorFix,
     DiffBIRPresetLoader,
     DiffBIRSynthesizeDegradation,
+    DiffBIRFaceDetectorLoader,
+    DiffBIRFaceDetectAlign,
+    DiffBIRFaceParserLoader,
+    DiffBIRFacePasteBack,
 ]

@@ -70,6 +70,10 @@ log "installing ComfyUI, pack and test requirements"
 pip_install -c "$constraints" "$TORCHVISION_PIN" -r "$reqs" requests \
   -r "$repo/requirements.txt" -r "$repo/requirements-dev.txt"
 
+# Test/offline face detector weights: MTCNN's pnet/rnet/onet.pt ship inside facenet-pytorch (MIT). Only
+# its data files are used; --no-deps because its metadata pins torch<2.3 and would replace our torch.
+pip_install --no-deps facenet-pytorch==2.6.0
+
 # PyPI's torchvision is a CUDA build; let it import beside the CPU torch (see the shim's docstring).
 site=$("$vpy" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp "$repo/scripts/torchvision_cpu_shim.py" "$site/_diffbir_torchvision_cpu_shim.py"

@@ -192,7 +192,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-# == IRControlNet files, LoRAs and stock ControlNets (ircontrolnet area) =========================
+# == IRControlNet files, LoRAs and stock ControlNets (ircontrolnet area) ==================
+
 IRCONTROLNET_FORMATS = ("pth", "safetensors", "state_dict", "module", "v1_full", "fp16_safetensors")
 
 
@@ -279,4 +280,129 @@ def stock_controlnet_file(variant: str = "tiny", seed: int = 6) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = random_state_dict(stock_controlnet_shapes(variant), seed, torch.float16)
     _atomic_save(lambda p: save_file(sd, str(p)), path)
+=======
+# -- faces (issue 6): RetinaFace / ParseNet in the published facexlib layouts ---------------------
+# The layouts are written out here from the published architectures (facexlib's RetinaFace with a
+# torchvision ResNet-50 or MobileNet-0.25 trunk, facexlib's ParseNet(512, 512, 19)), independently of
+# the pack's modules; tools/goldens/make_faces.py checks them against facexlib's own modules.
+def _bn_layout(prefix: str, channels: int) -> dict:
+    return {f"{prefix}.weight": (channels,), f"{prefix}.bias": (channels,), f"{prefix}.running_mean": (channels,),
+            f"{prefix}.running_var": (channels,), f"{prefix}.num_batches_tracked": ()}
+
+
+def _conv_bn_layout(prefix: str, cin: int, cout: int, kernel: int = 3, groups: int = 1) -> dict:
+    return {f"{prefix}.0.weight": (cout, cin // groups, kernel, kernel), **_bn_layout(f"{prefix}.1", cout)}
+
+
+def retinaface_layout(backbone: str = "resnet50") -> dict:
+    """{key: shape} of detection_Resnet50_Final.pth / detection_mobilenet0.25_Final.pth (without the
+    "module." prefix the files may carry)."""
+    shapes = {}
+    if backbone == "resnet50":
+        shapes["body.conv1.weight"] = (64, 3, 7, 7)
+        shapes.update(_bn_layout("body.bn1", 64))
+        cin = 64
+        for index, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), 1):
+            for block in range(blocks):
+                p = f"body.layer{index}.{block}"
+                shapes[f"{p}.conv1.weight"] = (width, cin, 1, 1)
+                shapes.update(_bn_layout(f"{p}.bn1", width))
+                shapes[f"{p}.conv2.weight"] = (width, width, 3, 3)
+                shapes.update(_bn_layout(f"{p}.bn2", width))
+                shapes[f"{p}.conv3.weight"] = (width * 4, width, 1, 1)
+                shapes.update(_bn_layout(f"{p}.bn3", width * 4))
+                if block == 0:
+                    shapes[f"{p}.downsample.0.weight"] = (width * 4, cin, 1, 1)
+                    shapes.update(_bn_layout(f"{p}.downsample.1", width * 4))
+                cin = width * 4
+        stage_channels, out = (512, 1024, 2048), 256
+    elif backbone == "mobilenet0.25":
+        def dw(prefix, cin, cout):
+            return {f"{prefix}.0.weight": (cin, 1, 3, 3), **_bn_layout(f"{prefix}.1", cin),
+                    f"{prefix}.3.weight": (cout, cin, 1, 1), **_bn_layout(f"{prefix}.4", cout)}
+
+        shapes.update(_conv_bn_layout("body.stage1.0", 3, 8))
+        for i, (cin, cout) in enumerate(((8, 16), (16, 32), (32, 32), (32, 64), (64, 64)), 1):
+            shapes.update(dw(f"body.stage1.{i}", cin, cout))
+        for i, (cin, cout) in enumerate(((64, 128),) + ((128, 128),) * 5):
+            shapes.update(dw(f"body.stage2.{i}", cin, cout))
+        for i, (cin, cout) in enumerate(((128, 256), (256, 256))):
+            shapes.update(dw(f"body.stage3.{i}", cin, cout))
+        stage_channels, out = (64, 128, 256), 64
+    else:
+        raise ValueError(backbone)
+    for i, cin in enumerate(stage_channels, 1):
+        shapes.update(_conv_bn_layout(f"fpn.output{i}", cin, out, kernel=1))
+    shapes.update(_conv_bn_layout("fpn.merge1", out, out))
+    shapes.update(_conv_bn_layout("fpn.merge2", out, out))
+    for s in (1, 2, 3):
+        shapes.update(_conv_bn_layout(f"ssh{s}.conv3X3", out, out // 2))
+        shapes.update(_conv_bn_layout(f"ssh{s}.conv5X5_1", out, out // 4))
+        shapes.update(_conv_bn_layout(f"ssh{s}.conv5X5_2", out // 4, out // 4))
+        shapes.update(_conv_bn_layout(f"ssh{s}.conv7X7_2", out // 4, out // 4))
+        shapes.update(_conv_bn_layout(f"ssh{s}.conv7x7_3", out // 4, out // 4))
+    for head, values in (("ClassHead", 2), ("BboxHead", 4), ("LandmarkHead", 10)):
+        for i in range(3):
+            shapes[f"{head}.{i}.conv1x1.weight"] = (2 * values, out, 1, 1)
+            shapes[f"{head}.{i}.conv1x1.bias"] = (2 * values,)
+    return shapes
+
+
+def parsenet_layout() -> dict:
+    """{key: shape} of parsing_parsenet.pth (facexlib ParseNet(in_size=512, out_size=512, parsing_ch=19))."""
+    shapes = {"encoder.0.conv2d.weight": (64, 3, 3, 3), "encoder.0.conv2d.bias": (64,)}
+
+    def block(prefix, cin, cout, shortcut):
+        if shortcut:
+            shapes[f"{prefix}.shortcut_func.conv2d.weight"] = (cout, cin, 3, 3)
+            shapes[f"{prefix}.shortcut_func.conv2d.bias"] = (cout,)
+        shapes[f"{prefix}.conv1.conv2d.weight"] = (cout, cin, 3, 3)
+        shapes.update(_bn_layout(f"{prefix}.conv1.norm.norm", cout))
+        shapes[f"{prefix}.conv2.conv2d.weight"] = (cout, cout, 3, 3)
+        shapes.update(_bn_layout(f"{prefix}.conv2.norm.norm", cout))
+
+    for i, (cin, cout) in enumerate(((64, 128), (128, 256), (256, 256), (256, 256)), 1):
+        block(f"encoder.{i}", cin, cout, True)
+    for i in range(10):
+        block(f"body.{i}", 256, 256, False)
+    for i, (cin, cout) in enumerate(((256, 256), (256, 256), (256, 128), (128, 64))):
+        block(f"decoder.{i}", cin, cout, True)
+    for name, channels in (("out_img_conv", 3), ("out_mask_conv", 19)):
+        shapes[f"{name}.conv2d.weight"] = (channels, 64, 3, 3)
+        shapes[f"{name}.conv2d.bias"] = (channels,)
+    return shapes
+
+
+# BatchNorm running variance floor per face network: keeps random activations in a useful range
+# (ResNet-50 explodes with small variances; RetinaFace scores then saturate at 0 or 1).
+FACE_VAR_BASE = {"retinaface_resnet50": 2.0, "retinaface_mobilenet0.25": 0.5, "parsenet": 1.0}
+
+
+def face_state_dict(shapes: dict, seed: int, var_base: float = 0.5) -> dict:
+    """Random weights for a face layout: BatchNorm running variances positive (var_base + |N(0, 0.2^2)|),
+    batch counters integer zeros, everything else as random_state_dict."""
+    sd = random_state_dict({k: s for k, s in shapes.items() if not k.endswith("num_batches_tracked")}, seed)
+    for key in list(sd):
+        if key.endswith("running_var"):
+            sd[key] = sd[key].abs() * 10 + var_base
+    for key in shapes:
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(0, dtype=torch.int64)
+    return sd
+
+
+def face_model_file(kind: str, seed: int = 0, module_prefix: bool = False) -> Path:
+    """A random-weight .pth in a published layout (``kind``: retinaface_resnet50,
+    retinaface_mobilenet0.25 or parsenet), saved like the published files (torch.save of a state dict,
+    optionally with DataParallel's "module." prefix)."""
+    name = f"{kind}-seed{seed}{'-module' if module_prefix else ''}-v{FACTORY_VERSION}.pth"
+    path = CACHE / "faces" / name
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout = parsenet_layout() if kind == "parsenet" else retinaface_layout(kind.split("_", 1)[1])
+    sd = face_state_dict(layout, seed, FACE_VAR_BASE[kind])
+    if module_prefix:
+        sd = {f"module.{k}": v for k, v in sd.items()}
+    _atomic_save(lambda p: torch.save(sd, str(p)), path)
     return path

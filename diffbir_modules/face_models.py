@@ -1,0 +1,182 @@
+"""Weight files for the face nodes: where they are looked up, where they come from, and the loaded
+models (wrapped in ComfyUI ModelPatchers so ComfyUI places and offloads them).
+
+models/facedetection/ (ComfyUI's usual folder for these files; extra_model_paths.yaml may map it):
+- detection_Resnet50_Final.pth, detection_mobilenet0.25_Final.pth: RetinaFace (facexlib releases),
+  downloaded there on first use when missing and the machine is online;
+- parsing_parsenet.pth: ParseNet for the optional parsing mask (facexlib releases), same;
+- MTCNN: pnet.pt, rnet.pt, onet.pt in models/facedetection/mtcnn/ (copied from the facenet-pytorch
+  package's data folder), or found in an installed ``facenet_pytorch`` package (looked up without
+  importing it). facenet-pytorch is MIT-licensed; install it with ``pip install --no-deps
+  facenet-pytorch==2.6.0`` (its metadata pins an old torch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import torch
+
+from . import face_detection, face_parsing
+
+FOLDER = "facedetection"
+EXTENSIONS = {".pth", ".pt", ".safetensors"}
+RELEASES = "https://github.com/xinntao/facexlib/releases/download"
+RETINAFACE_FILES = {
+    "retinaface_resnet50": ("detection_Resnet50_Final.pth", f"{RELEASES}/v0.1.0/detection_Resnet50_Final.pth"),
+    "retinaface_mobilenet0.25": ("detection_mobilenet0.25_Final.pth",
+                                 f"{RELEASES}/v0.1.0/detection_mobilenet0.25_Final.pth"),
+}
+PARSENET_FILE = ("parsing_parsenet.pth", f"{RELEASES}/v0.2.2/parsing_parsenet.pth")
+MTCNN_PARTS = ("pnet", "rnet", "onet")
+DETECTORS = ("retinaface_resnet50", "retinaface_mobilenet0.25", "mtcnn")
+
+
+def _folder_paths():
+    import folder_paths
+
+    return folder_paths
+
+
+def _find(name: str) -> str | None:
+    folder_paths = _folder_paths()
+    try:
+        return folder_paths.get_full_path(FOLDER, name)
+    except KeyError:
+        return None
+
+
+# catalogue keys of the pack's weights catalogue (diffbir_modules/weights.py), where it exists
+CATALOGUE_KEYS = {"detection_Resnet50_Final.pth": "retinaface_resnet50",
+                  "detection_mobilenet0.25_Final.pth": "retinaface_mobilenet", "parsing_parsenet.pth": "parsenet"}
+
+
+def fetch(name: str, url: str, allow_download: bool = True) -> str:
+    """Path of models/facedetection/<name>; downloaded from ``url`` when missing and allowed. Uses the
+    pack's checksum-verifying downloader (diffbir_modules/downloads.py) when the pack has it."""
+    path = _find(name)
+    if path is not None:
+        return path
+    try:
+        from . import downloads
+    except ImportError:
+        downloads = None
+    if downloads is not None and name in CATALOGUE_KEYS:
+        key = CATALOGUE_KEYS[name]
+        return downloads.ensure([key], allow_download=allow_download)[key]
+    folder_paths = _folder_paths()
+    folders = folder_paths.get_folder_paths(FOLDER) if FOLDER in folder_paths.folder_names_and_paths else []
+    target_dir = folders[0] if folders else os.path.join(folder_paths.models_dir, FOLDER)
+    target = os.path.join(target_dir, name)
+    advice = (f"Download {url} and put it in {target_dir} (ComfyUI's models/{FOLDER} folder, where other face packs "
+              "keep it too).")
+    if not allow_download:
+        raise FileNotFoundError(f"{name} is not in models/{FOLDER}. {advice}")
+    os.makedirs(target_dir, exist_ok=True)
+    logging.info("DiffBIR faces: downloading %s to %s", url, target)
+    partial = target + ".part"
+    try:
+        torch.hub.download_url_to_file(url, partial, progress=True)
+        os.replace(partial, target)
+    except Exception as error:  # offline, proxy, disk: say what to do
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise FileNotFoundError(f"{name} is not in models/{FOLDER} and downloading it failed ({error}). "
+                                f"{advice}") from error
+    return target
+
+
+def _load(path: str) -> dict:
+    import comfy.utils
+
+    return comfy.utils.load_torch_file(path, safe_load=True)
+
+
+def mtcnn_files() -> tuple:
+    """Paths of pnet/rnet/onet.pt: models/facedetection/mtcnn/ first, then an installed facenet_pytorch."""
+    found = [_find(f"mtcnn/{part}.pt") or _find(f"mtcnn_{part}.pt") for part in MTCNN_PARTS]
+    if all(found):
+        return tuple(found)
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is not None and spec.submodule_search_locations:
+        data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+        paths = tuple(os.path.join(data, f"{part}.pt") for part in MTCNN_PARTS)
+        if all(os.path.isfile(p) for p in paths):
+            return paths
+    folder_paths = _folder_paths()
+    raise FileNotFoundError(
+        "MTCNN weights not found: put pnet.pt, rnet.pt and onet.pt (from the facenet-pytorch package's data folder, "
+        f"MIT licence) in {os.path.join(folder_paths.models_dir, FOLDER, 'mtcnn')}, or install the package into "
+        "ComfyUI's Python with: pip install --no-deps facenet-pytorch==2.6.0 (--no-deps: its metadata pins an old "
+        "torch)")
+
+
+def _patcher(module: torch.nn.Module):
+    import comfy.model_management
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(module, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+class FaceDetectorModel:
+    """A loaded detector (the DIFFBIR_FACE_DETECTOR wire). ``detect(image_255, official_quirks,
+    confidence)`` -> (boxes [N,5], landmarks [N,5,2]) for one RGB image [1,3,H,W] in 0..255."""
+
+    def __init__(self, name: str, net: torch.nn.Module, source: str):
+        self.name = name
+        self.source = source
+        self.patcher = _patcher(net)
+
+    @torch.no_grad()
+    def detect(self, image_255: torch.Tensor, official_quirks: bool = False, confidence: float = 0.8):
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.patcher])
+        net = self.patcher.model
+        if self.name == "mtcnn":
+            boxes, landmarks = face_detection.mtcnn_detect(net, image_255)
+            keep = boxes[:, 4] >= confidence
+            return boxes[keep], landmarks[keep]
+        # RetinaFace was trained on BGR (cv2) images; DiffBIR feeds it RGB (official_quirks).
+        image = image_255 if official_quirks else image_255.flip(1)
+        return face_detection.retinaface_detect(net, image, conf_threshold=confidence)
+
+
+def load_detector(name: str, allow_download: bool = True) -> FaceDetectorModel:
+    if name == "mtcnn":
+        paths = mtcnn_files()
+        net = face_detection.build_mtcnn(*[_load(p) for p in paths], source=os.path.dirname(paths[0]))
+        return FaceDetectorModel(name, net, os.path.dirname(paths[0]))
+    if name not in RETINAFACE_FILES:
+        raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    path = fetch(*RETINAFACE_FILES[name], allow_download=allow_download)
+    net = face_detection.build_retinaface(_load(path), source=path)
+    expected = name.split("_", 1)[1]
+    if net.backbone != expected:
+        raise ValueError(f"{path} holds a RetinaFace {net.backbone}, not the {expected} its name promises")
+    return FaceDetectorModel(name, net, path)
+
+
+class FaceParserModel:
+    """A loaded ParseNet (the DIFFBIR_FACE_PARSER wire)."""
+
+    def __init__(self, net: face_parsing.ParseNet, source: str):
+        self.source = source
+        self.patcher = _patcher(net)
+
+    def masks(self, faces: torch.Tensor, official_quirks: bool = False) -> torch.Tensor:
+        """Official parse masks [N,1,512,512] (float64) for restored faces NCHW RGB in [0,1]."""
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.patcher])
+        labels = torch.cat([face_parsing.parse_labels(self.patcher.model, faces[i:i + 1], official_quirks)
+                            for i in range(faces.shape[0])])
+        return face_parsing.parse_mask_from_labels(labels)
+
+
+def load_parser(allow_download: bool = True) -> FaceParserModel:
+    path = fetch(*PARSENET_FILE, allow_download=allow_download)
+    return FaceParserModel(face_parsing.build_parsenet(_load(path), source=path), path)

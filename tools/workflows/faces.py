@@ -1,0 +1,171 @@
+"""The face example workflows, described once and built into UI-format JSON with builder.py:
+
+- ``faces_in_the_wild``: DiffBIR's unaligned-face mode. The low-quality image is upscaled (bicubic, as
+  the official loop does before detection), faces are detected and aligned, the crops go through the
+  DiffBIR chain with the face cleaner, the whole image through the same chain with the background
+  cleaner, and DiffBIR Face Paste Back joins them.
+- ``aligned_face``: an already aligned 512x512 face through the DiffBIR chain with the face cleaner
+  (DiffBIR's --task face: no detection at all).
+
+``chain="diffbir"`` is the real restoration chain (preset loader, degradation removal, IRControlNet,
+KSampler, crop, colour fix: the nodes of the stage1 / ircontrolnet / samplers / userready areas);
+``chain="stock"`` replaces each restoration by stock nodes (VAE encode -> KSampler img2img -> decode
+for the faces, a bicubic upscale for the background) so the face nodes can be exercised without them.
+
+    python tools/workflows/faces.py [--chain diffbir|stock] [--out example_workflows]
+
+starts a headless ComfyUI with this pack for the node definitions and writes the JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))
+from builder import Node, build, dumps, note  # noqa: E402
+
+from diffbir_modules import weights  # noqa: E402
+
+DETECTOR_FILES = {"retinaface_resnet50": "retinaface_resnet50", "retinaface_mobilenet0.25": "retinaface_mobilenet"}
+
+UPSCALE = 2.0
+
+WILD_NOTE = """# DiffBIR: faces in the wild
+
+Two paths meet in **DiffBIR Face Paste Back**:
+
+- **face path**: *DiffBIR Face Detect & Align* finds every face in the upscaled image and warps it to a
+  512x512 crop (the FFHQ template). The crops are restored as **one batch** with the **face** cleaner.
+- **background path**: the whole picture is restored with the **general** cleaner at the same scale.
+
+Check the **preview**: green faces are restored, red ones skipped (set *selection*, *indices* or
+*min_size* to choose). No face found: the image passes through unchanged (see the log).
+
+RetinaFace and ParseNet weights go to `models/facedetection` (downloaded on first use when online); for
+offline use pick `mtcnn` in the detector loader (see docs/faces.md). *DiffBIR Face Parser Loader* makes
+the paste node paste only the face itself, as official DiffBIR does; disconnect it to paste the whole
+aligned square with its soft edge.
+"""
+
+ALIGNED_NOTE = """# DiffBIR: an aligned face
+
+For a face that is already cropped and aligned like FFHQ (512x512, eyes level, centred), as DiffBIR's
+`--task face` expects. The face cleaner (SwinIR trained on faces) removes the degradation, IRControlNet
+and SD 2.1 add the detail. For faces inside a larger photo use the *faces in the wild* workflow.
+"""
+
+
+def _diffbir_restore(prefix: str, image, preset: str, cleaner_output: int, upscale: float, seed: int) -> list:
+    """The DiffBIR chain on ``image`` with the preset loader's models; the last node is the result."""
+    return [
+        Node(f"{prefix}_clean", "DiffBIRDegradationRemoval", title=f"{prefix}: degradation removal",
+             image=image, upscale_model=(preset, cleaner_output), upscale=upscale),
+        Node(f"{prefix}_pos", "CLIPTextEncode", title=f"{prefix}: positive", text=(preset, 8), clip=(preset, 1)),
+        Node(f"{prefix}_neg", "CLIPTextEncode", title=f"{prefix}: negative", text=(preset, 9), clip=(preset, 1)),
+        Node(f"{prefix}_control", "DiffBIRApplyIRControlNet", positive=(f"{prefix}_pos", 0),
+             negative=(f"{prefix}_neg", 0), ircontrolnet=(preset, 3), vae=(preset, 2), image=(f"{prefix}_clean", 0)),
+        Node(f"{prefix}_sample", "KSampler", model=(preset, 0), positive=(f"{prefix}_control", 0),
+             negative=(f"{prefix}_control", 1), latent_image=(f"{prefix}_control", 2), seed=seed,
+             steps=(preset, 6), cfg=(preset, 7), sampler_name="dpmpp_3m_sde", scheduler="karras", denoise=1.0),
+        Node(f"{prefix}_decode", "VAEDecode", samples=(f"{prefix}_sample", 0), vae=(preset, 2)),
+        Node(f"{prefix}_crop", "DiffBIRCropToStage1", image=(f"{prefix}_decode", 0), stage1=(f"{prefix}_clean", 0)),
+        Node(f"{prefix}_colour", "DiffBIRColorFix", title=f"{prefix}: restored", image=(f"{prefix}_crop", 0),
+             reference=(f"{prefix}_clean", 0), method="wavelet"),
+    ]
+
+
+def _stock_restore(prefix: str, image, checkpoint: str, seed: int) -> list:
+    """Stand-in restoration with stock nodes: img2img at low denoise."""
+    return [
+        Node(f"{prefix}_encode", "VAEEncode", pixels=image, vae=(checkpoint, 2)),
+        Node(f"{prefix}_pos", "CLIPTextEncode", text="a sharp photo of a face", clip=(checkpoint, 1)),
+        Node(f"{prefix}_neg", "CLIPTextEncode", text="blurry", clip=(checkpoint, 1)),
+        Node(f"{prefix}_sample", "KSampler", model=(checkpoint, 0), positive=(f"{prefix}_pos", 0),
+             negative=(f"{prefix}_neg", 0), latent_image=(f"{prefix}_encode", 0), seed=seed, steps=2, cfg=4.0,
+             sampler_name="euler", scheduler="normal", denoise=0.3),
+        Node(f"{prefix}_colour", "VAEDecode", title=f"{prefix}: restored", samples=(f"{prefix}_sample", 0),
+             vae=(checkpoint, 2)),
+    ]
+
+
+def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detector: str = "retinaface_resnet50",
+                      checkpoint: str = "", face_size: int = 512, upscale: float = UPSCALE, parse: bool = True) -> list:
+    nodes = [note("readme", WILD_NOTE, title="Read me"),
+             Node("load", "LoadImage", title="low-quality image", image=image),
+             Node("upscale", "ImageScaleBy", title="upscale (as the official loop before detection)",
+                  image=("load", 0), upscale_method="bicubic", scale_by=upscale),
+             Node("detector", "DiffBIRFaceDetectorLoader", detector=detector,
+                  models=[weights.workflow_model_entry(DETECTOR_FILES[detector])] if detector in DETECTOR_FILES
+                  else None),
+             Node("detect", "DiffBIRFaceDetectAlign", image=("upscale", 0), detector=("detector", 0),
+                  face_size=face_size),
+             Node("preview", "PreviewImage", title="detected faces (green: restored)", images=("detect", 2))]
+    if chain == "diffbir":
+        nodes.append(Node("preset", "DiffBIRPresetLoader", version="v2.1", task="unaligned_face"))
+        nodes += _diffbir_restore("face", ("detect", 0), "preset", 4, 1.0, seed=231)
+        nodes += _diffbir_restore("background", ("load", 0), "preset", 5, upscale, seed=231)
+    elif chain == "stock":
+        nodes.append(Node("ckpt", "CheckpointLoaderSimple", ckpt_name=checkpoint))
+        nodes += _stock_restore("face", ("detect", 0), "ckpt", seed=231)
+        nodes.append(Node("background_colour", "ImageScaleBy", title="background: restored (stand-in)",
+                          image=("load", 0), upscale_method="bicubic", scale_by=upscale))
+    else:
+        raise ValueError(f"unknown chain {chain!r}")
+    paste_options = {}
+    if parse:  # official DiffBIR pastes through the ParseNet face mask
+        nodes.append(Node("parser", "DiffBIRFaceParserLoader",
+                          models=[weights.workflow_model_entry("parsenet")]))
+        paste_options["face_parser"] = ("parser", 0)
+    nodes += [Node("paste", "DiffBIRFacePasteBack", background=("background_colour", 0),
+                   restored_faces=("face_colour", 0), faces=("detect", 1), **paste_options),
+              Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_faces"),
+              Node("save_mask", "MaskToImage", mask=("paste", 1)),
+              Node("mask_preview", "PreviewImage", title="paste mask", images=("save_mask", 0))]
+    return nodes
+
+
+def aligned_face(chain: str = "diffbir", image: str = "face.png", checkpoint: str = "") -> list:
+    nodes = [note("readme", ALIGNED_NOTE, title="Read me"),
+             Node("load", "LoadImage", title="aligned 512x512 face", image=image)]
+    if chain == "diffbir":
+        nodes.append(Node("preset", "DiffBIRPresetLoader", version="v2.1", task="face"))
+        nodes += _diffbir_restore("face", ("load", 0), "preset", 4, 1.0, seed=231)
+    else:
+        nodes.append(Node("ckpt", "CheckpointLoaderSimple", ckpt_name=checkpoint))
+        nodes += _stock_restore("face", ("load", 0), "ckpt", seed=231)
+    nodes.append(Node("save", "SaveImage", images=("face_colour", 0), filename_prefix="diffbir_face"))
+    return nodes
+
+
+WORKFLOWS = {
+    "DiffBIR faces in the wild (v2.1)": faces_in_the_wild,
+    "DiffBIR aligned face (v2.1)": aligned_face,
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chain", default="diffbir", choices=["diffbir", "stock"])
+    parser.add_argument("--out", default=str(HERE.parents[1] / "example_workflows"))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parents[1] / "scripts"))
+    import comfy_headless
+
+    with comfy_headless.ComfyServer(comfy_headless.make_base_directory(comfy_headless.scratch_base())) as server:
+        info = server.object_info()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for title, describe in WORKFLOWS.items():
+        path = out / f"{title}.json"
+        workflow = build(describe(args.chain), info)
+        weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
+        path.write_text(dumps(workflow))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
