@@ -280,7 +280,6 @@ def stock_controlnet_file(variant: str = "tiny", seed: int = 6) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = random_state_dict(stock_controlnet_shapes(variant), seed, torch.float16)
     _atomic_save(lambda p: save_file(sd, str(p)), path)
-=======
 # -- faces (issue 6): RetinaFace / ParseNet in the published facexlib layouts ---------------------
 # The layouts are written out here from the published architectures (facexlib's RetinaFace with a
 # torchvision ResNet-50 or MobileNet-0.25 trunk, facexlib's ParseNet(512, 512, 19)), independently of
