@@ -2,7 +2,25 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
+from .sampling import (
+    DiffBIRConditionNoiseAugment,
+    DiffBIREDMSampler,
+    DiffBIREDMSigmas,
+    DiffBIRModelSampling,
+    DiffBIRSpacedSampler,
+    DiffBIRSpacedSigmas,
+)
 
 NODES = [
     DiffBIRColorFix,
+    # sampling: official schedules and samplers
+    DiffBIRModelSampling,
+    DiffBIRSpacedSigmas,
+    DiffBIRSpacedSampler,
+    DiffBIREDMSigmas,
+    DiffBIREDMSampler,
+    DiffBIRConditionNoiseAugment,
+    DiffBIRDefaultPrompts,
+    DiffBIRTextEncode,
 ]
