@@ -13,7 +13,8 @@ truncates longer prompts to 77 with the last token forced to EOT (one 77-token c
 after token 75 reaches the model). ComfyUI's SD2 tokenizer instead splits long prompts into
 several 77-token chunks (starting a new chunk early rather than splitting a short word) and
 concatenates their encodings; it also reads ``(text:1.2)`` weights and ``embedding:name``.
-``official_tokens`` rebuilds the official single chunk from ComfyUI's tokens.
+``official_tokens`` tokenises the whole prompt with the same BPE vocabulary as plain text and builds
+the official single chunk (checked id for id against the official tokenizer).
 """
 
 from __future__ import annotations
@@ -96,13 +97,37 @@ def truncate_chunks(chunks: list, start_token, end_token, pad_token, max_length:
     return [out]
 
 
+def _plain_chunks(sub, text: str, truncate: bool) -> list:
+    """The whole prompt through the BPE tokenizer in one go (as OpenCLIP does; no weight syntax, no
+    embeddings), cut into chunks of max_length - 2 tokens, or only the first one when ``truncate``."""
+    encoded = sub.tokenizer(text, verbose=False)["input_ids"]
+    content = [int(t) for t in encoded[sub.tokens_start:] if t not in (sub.start_token, sub.end_token)]
+    room = sub.max_length - (sub.start_token is not None) - (sub.end_token is not None)
+    pieces = [content[i:i + room] for i in range(0, max(len(content), 1), room)]
+    if truncate:
+        pieces = pieces[:1]
+    chunks = []
+    for piece in pieces:
+        chunk = ([sub.start_token] if sub.start_token is not None else []) + piece
+        if sub.end_token is not None:
+            chunk.append(sub.end_token)
+        chunk.extend([sub.pad_token] * (sub.max_length - len(chunk)))
+        chunks.append([(token, 1.0) for token in chunk])
+    return chunks
+
+
 def official_tokens(clip, text: str, truncate: bool = True, weights: bool = False, cleanup: bool = True) -> dict:
-    """``clip.tokenize`` of ``text`` made to match the official tokenizer: prompt-weight syntax off
-    (parentheses are plain text, as officially) unless ``weights``, OpenCLIP's text clean-up when
-    ``cleanup``, and one 77-token chunk truncated as officially when ``truncate``."""
+    """Tokens for ``clip.encode_from_tokens_scheduled`` made the official way: OpenCLIP's text clean-up
+    when ``cleanup``; without ``weights`` the whole prompt goes through the BPE tokenizer as plain text
+    (parentheses, 'embedding:' and backslashes are just text, as officially); with ``weights``
+    ComfyUI's own parser reads them. ``truncate``: one chunk of the first 75 tokens, as the official
+    tokenizer; otherwise further 77-token chunks carry the rest (ComfyUI's way of counting every token)."""
     if cleanup:
         text = official_text_cleanup(text)
-    tokens = clip.tokenize(text, disable_weights=not weights)
+    if not weights:
+        keys = clip.tokenize("").keys()
+        return {key: _plain_chunks(_sub_tokenizer(clip, key), text, truncate) for key in keys}
+    tokens = clip.tokenize(text)
     if not truncate:
         return tokens
     out = {}
