@@ -2,6 +2,7 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
 from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
 from .sampling import (
     DiffBIRConditionNoiseAugment,
@@ -14,6 +15,9 @@ from .sampling import (
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRIRControlNetLoader,
+    DiffBIRApplyIRControlNet,
+    DiffBIRCropToStage1,
     # sampling: official schedules and samplers
     DiffBIRModelSampling,
     DiffBIRSpacedSigmas,
