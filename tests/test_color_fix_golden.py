@@ -4,7 +4,6 @@ and wavelet_reconstruction, on inputs that leave [0, 1] as a decoder output can.
 
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 GOLDEN = Path(__file__).parent / "golden" / "samplers" / "colorfix.safetensors"
