@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 import model_factory
 
+pytestmark = pytest.mark.slow
+
 GOLDEN = Path(__file__).parent / "golden" / "samplers"
 LATENT_SCALE = 0.18215
 RESULTS = {}  # name -> measured max abs differences, printed at the end of the module

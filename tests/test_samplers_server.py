@@ -1,11 +1,11 @@
 """The sampling nodes in a real headless ComfyUI server, in the graphs users build: the official v2.1
 chain (default prompts -> DiffBIR Text Encode, IRControlNet, noise augmentation, DiffBIR EDM Sampler
 with DiffBIR EDM Sigmas in SamplerCustomAdvanced) and the official v2 chain (spaced sampler), each
-saved as an image; the same graph run in process gives the same pixels."""
+saved as an image. (Their numbers are checked against the official code in process, in
+test_samplers_parity.py; this checks the nodes validate, wire and run under main.py.)"""
 
 import numpy as np
 import pytest
-import torch
 from conftest import install_model
 from PIL import Image
 
@@ -41,7 +41,7 @@ def official_graph(ckpt: str, ircontrolnet: str) -> dict:
         "sampler21": {"class_type": "DiffBIREDMSampler", "inputs": {
             "solver": "dpm++_3m_sde", "noise_stream": "official_after_noise_aug", "timestep_lookup": "official_edm",
             "eta": 1.0, "s_noise": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 300.0, "order": 1}},
-        "sigmas21": {"class_type": "DiffBIREDMSigmas", "inputs": {"model": ["ms21", 0], "steps": 3,
+        "sigmas21": {"class_type": "DiffBIREDMSigmas", "inputs": {"model": ["ms21", 0], "steps": 2,
                                                                   "first_sigma": "auto"}},
         "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": SEED}},
         "sample21": {"class_type": "SamplerCustomAdvanced", "inputs": {
@@ -72,20 +72,11 @@ def official_graph(ckpt: str, ircontrolnet: str) -> dict:
     }
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """What SaveImage writes."""
-    return np.clip(255.0 * image[0].cpu().numpy(), 0, 255).astype(np.uint8)
-
-
 @pytest.mark.server
-def test_official_chains_through_the_server(comfy, comfy_server, sd2_tiny):
+def test_official_chains_through_the_server(comfy_server, sd2_tiny):
     irc = install_model("diffbir", model_factory.ircontrolnet_file("tiny", 1, "safetensors"))
     graph = official_graph(sd2_tiny, irc)
     entry = comfy_server.run(graph)
     saved = {name: np.asarray(Image.open(comfy_server.output_images(entry, name)[0])) for name in ("save21", "save2")}
     assert saved["save21"].shape == (64, 64, 3) and saved["save2"].shape == (48, 64, 3)
-    local = comfy.run_prompt(graph, outputs=["fix21", "decode2"])
-    for name, node_id in (("save21", "fix21"), ("save2", "decode2")):
-        ours = to_uint8(local[node_id][0])
-        assert np.abs(ours.astype(int) - saved[name].astype(int)).max() <= 1, name
-        assert saved[name].std() > 0.5
+    assert saved["save21"].std() > 0.5 and saved["save2"].std() > 0.5
