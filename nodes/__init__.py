@@ -6,16 +6,37 @@ from .degradation import DiffBIRSynthesizeDegradation
 from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
 from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
 from .presets import DiffBIRPresetLoader
+from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
+from .sampling import (
+    DiffBIRConditionNoiseAugment,
+    DiffBIREDMSampler,
+    DiffBIREDMSigmas,
+    DiffBIRModelSampling,
+    DiffBIRSpacedSampler,
+    DiffBIRSpacedSigmas,
+)
 
 NODES = [
+    # stage 2: IRControlNet
     DiffBIRIRControlNetLoader,
     DiffBIRApplyIRControlNet,
     DiffBIRCropToStage1,
     DiffBIRColorFix,
-    DiffBIRPresetLoader,
-    DiffBIRSynthesizeDegradation,
+    # sampling: official schedules, samplers and prompts
+    DiffBIRModelSampling,
+    DiffBIRSpacedSigmas,
+    DiffBIRSpacedSampler,
+    DiffBIREDMSigmas,
+    DiffBIREDMSampler,
+    DiffBIRConditionNoiseAugment,
+    DiffBIRDefaultPrompts,
+    DiffBIRTextEncode,
+    # faces
     DiffBIRFaceDetectorLoader,
     DiffBIRFaceDetectAlign,
     DiffBIRFaceParserLoader,
     DiffBIRFacePasteBack,
+    # convenience
+    DiffBIRPresetLoader,
+    DiffBIRSynthesizeDegradation,
 ]
