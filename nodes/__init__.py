@@ -2,7 +2,10 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRStage1Loader,
+    DiffBIRDegradationRemoval,
 ]
