@@ -160,6 +160,9 @@ def tiled_apply(
     if x.ndim != 4:
         raise ValueError(f"tiled_apply expects [batch, channels, height, width], got {tuple(x.shape)}")
     b, c, h, w = x.shape
+    if any(st > sz for st, sz in zip(_pair(stride, "tile stride"), _pair(size, "tile size"))):
+        raise ValueError(f"the tile stride {stride} is larger than the tile size {size}: pixels between the tiles "
+                         "would have no result. Use a stride of at most the tile size (the official default is half).")
     windows = sliding_windows(h, w, size, stride)
     out_h, out_w = scale_length(h, scale), scale_length(w, scale)
     out_device = torch.device(out_device) if out_device is not None else x.device

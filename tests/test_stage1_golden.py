@@ -64,11 +64,11 @@ def test_pipeline_matches_official(comfy, pipeline, index):
     assert max(errors.values()) <= FLOAT_TOL, errors
     # as 8-bit images (the official uint8 conversion truncates): identical levels, or 1 at a boundary
     mine = golden_io.summarise(y.numpy(), case["id"])
-    for part in ("sub", "crop_tl", "crop_c", "crop_br", "full"):
-        key = f"{case['id']}__{part}"
-        if key in data:
-            to_u8 = lambda a: np.clip(a * 255.0, 0, 255).astype(np.uint8).astype(np.int16)
-            assert np.abs(to_u8(mine[key]) - to_u8(data[key])).max() <= 1
+    to_u8 = lambda a: np.clip(a * 255.0, 0, 255).astype(np.uint8).astype(np.int16)
+    levels = max(int(np.abs(to_u8(mine[k]) - to_u8(data[k])).max()) for k in mine
+                 if k.rsplit("__", 1)[-1] in ("sub", "crop_tl", "crop_c", "crop_br", "full"))
+    print(case["id"], "uint8 max level difference", levels)
+    assert levels <= 1
 
 
 @pytest.mark.parametrize("kind, name", [("swinir", "realesrgan_s4_swinir_100k.pth"), ("bsrnet", "BSRNet.pth"),

@@ -79,3 +79,5 @@ def test_wrong_tile_output_is_an_error(tiling):
         tiling.tiled_apply(lambda t: t[..., :-1, :], torch.rand(1, 3, 40, 40), 16, 8)
     with pytest.raises(ValueError):
         tiling.sliding_windows(0, 10, 8, 4)
+    with pytest.raises(ValueError, match="stride .* larger than the tile size"):
+        tiling.tiled_apply(lambda t: t, torch.rand(1, 3, 40, 40), 16, 20)
