@@ -321,6 +321,7 @@ def restore_one(x: torch.Tensor, cleaner: Cleaner, rules: Rules, settings: Setti
                 device=None, dtype=None, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """One image [1, 3, H, W] float32 in [0, 1] (CPU) -> the stage-1 result [1, 3, h, w], unclamped,
     float32 on the CPU, following ``the_plan``."""
+    x = x.contiguous()  # NCHW memory layout as the official tensors: other layouts pick other kernels (1e-6 apart)
     if the_plan.pre_resize is not None:
         x = pil_bicubic(x, the_plan.pre_resize, settings.resample)
     if the_plan.short_before is not None:
