@@ -15,8 +15,12 @@ from .sampling import (
     DiffBIRSpacedSampler,
     DiffBIRSpacedSigmas,
 )
+from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
 
 NODES = [
+    # stage 1: degradation removal
+    DiffBIRStage1Loader,
+    DiffBIRDegradationRemoval,
     # stage 2: IRControlNet
     DiffBIRIRControlNetLoader,
     DiffBIRApplyIRControlNet,
