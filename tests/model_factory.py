@@ -280,6 +280,9 @@ def stock_controlnet_file(variant: str = "tiny", seed: int = 6) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = random_state_dict(stock_controlnet_shapes(variant), seed, torch.float16)
     _atomic_save(lambda p: save_file(sd, str(p)), path)
+    return path
+
+
 # -- faces (issue 6): RetinaFace / ParseNet in the published facexlib layouts ---------------------
 # The layouts are written out here from the published architectures (facexlib's RetinaFace with a
 # torchvision ResNet-50 or MobileNet-0.25 trunk, facexlib's ParseNet(512, 512, 19)), independently of
@@ -404,6 +407,9 @@ def face_model_file(kind: str, seed: int = 0, module_prefix: bool = False) -> Pa
     if module_prefix:
         sd = {f"module.{k}": v for k, v in sd.items()}
     _atomic_save(lambda p: torch.save(sd, str(p)), path)
+    return path
+
+
 # -- Stage-1 cleaners (degradation removal): SwinIR, BSRNet, SCUNet ---------------------------------
 # The published layouts of DiffBIR's stage-1 files, at a small test size and at the real size. The
 # official constructor arguments are in STAGE1_CONFIGS so that tools/goldens/make_stage1.py builds the
