@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import comfy_headless  # noqa: E402
+from diffbir_modules import downloads, weights  # noqa: E402  (plain Python: no ComfyUI import)
 
 REPO = comfy_headless.REPO
 WORKFLOWS = REPO / "example_workflows"
@@ -49,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: workflow's)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: workflow's)")
     parser.add_argument("--seed", type=int, default=231, help="sampling seed (official default 231)")
+    parser.add_argument("--min-short-side", type=int, default=None,
+                        help="stage-1 output short side at least this (official: 512; 0 turns it off)")
     parser.add_argument("--workflow", type=Path, default=None, help="run this UI-format workflow instead")
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="ComfyUI models folder holding the weights (default: the runtime's models/)")
@@ -80,6 +84,43 @@ def choose_workflow(args) -> Path:
     return path
 
 
+def ensure_weights(workflow: dict, models_dir: Path) -> bool:
+    """Checks that every model file the workflow names (its loaders' ``properties.models``, the web
+    UI's metadata) is in ``models_dir``; downloads missing ones when allowed (resumable, checksum
+    verified), otherwise prints each missing file with its URL and the folder to put it in."""
+    needed = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):
+            continue
+        for model in node.get("properties", {}).get("models", []):
+            needed[(model["directory"], model["name"])] = model
+    missing = [m for (folder, name), m in needed.items() if not (models_dir / folder / name).exists()]
+    if not missing:
+        return True
+    allowed, why_not = downloads.downloads_allowed()
+    failed = []
+    for model in missing:
+        entry = weights.by_filename(model["name"])
+        if allowed and entry is not None:
+            target = models_dir / model["directory"]
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                downloads.fetch(entry, directory=str(target))
+                continue
+            except downloads.DownloadError as error:
+                model = {**model, "error": str(error)}
+        failed.append(model)
+    if failed:
+        print(f"DiffBIR: {len(failed)} model file(s) missing" + (f" ({why_not})" if why_not else "")
+              + ". Download each and put it in the folder shown:", file=sys.stderr)
+        for model in failed:
+            print(f"  - {model['name']}\n      url:    {model['url']}\n"
+                  f"      folder: {models_dir / model['directory']}", file=sys.stderr)
+            if model.get("error"):
+                print(f"      error:  {model['error']}", file=sys.stderr)
+    return not failed
+
+
 def patch_prompt(prompt: dict, image_name: str, prefix: str, args) -> dict:
     """Sets the run's image and options on the API-format prompt, by input name: the image on
     LoadImage, upscale on the stage-1 node, seed/steps/cfg wherever a node has them."""
@@ -91,7 +132,7 @@ def patch_prompt(prompt: dict, image_name: str, prefix: str, args) -> dict:
     for saver in savers:
         saver["inputs"]["filename_prefix"] = prefix
     overrides = {"upscale": args.upscale, "steps": args.steps, "cfg": args.cfg,
-                 "seed": args.seed, "noise_seed": args.seed}
+                 "seed": args.seed, "noise_seed": args.seed, "min_short_side": args.min_short_side}
     for node in prompt.values():
         for name, value in overrides.items():
             if value is not None and name in node["inputs"] and not isinstance(node["inputs"][name], list):
@@ -123,8 +164,10 @@ def main(argv=None) -> int:
     workflow = comfy_headless.load_workflow(workflow_path)
     models_dir = args.models_dir or comfy_headless.comfyui_root() / "models"
     base = comfy_headless.make_base_directory(comfy_headless.scratch_base("diffbir-restore-"), models_dir)
-    args.output.mkdir(parents=True, exist_ok=True)
     print(f"DiffBIR: {len(images)} image(s), workflow '{workflow_path.name}', models from {models_dir}")
+    if not ensure_weights(workflow, Path(models_dir)):
+        return 2
+    args.output.mkdir(parents=True, exist_ok=True)
     with comfy_headless.ComfyServer(base) as server:
         object_info = server.object_info()
         for index, image in enumerate(images, 1):

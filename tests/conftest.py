@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -58,6 +59,31 @@ def comfy():
 def sd2_tiny() -> str:
     """Checkpoint name of a small random SD 2.x model in models/checkpoints."""
     return install_model("checkpoints", model_factory.sd2_checkpoint("tiny"))
+
+
+def zsnr_ckpt() -> Path:
+    """The tiny SD 2.x weights as a Lightning-style .ckpt, as DiffBIR's zsnr checkpoint is published."""
+    path = model_factory.CACHE / f"sd2-tiny-as-ckpt-v{model_factory.FACTORY_VERSION}.ckpt"
+    if not path.exists():
+        from safetensors.torch import load_file
+
+        sd = load_file(model_factory.sd2_checkpoint("tiny"))
+        model_factory._atomic_save(lambda p: torch.save({"state_dict": sd, "global_step": 1}, p), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def published_models(sd2_tiny):
+    """Random-weight stand-ins for every file the example workflows name."""
+    install_model("checkpoints", model_factory.sd2_checkpoint("tiny"), "v2-1_512-ema-pruned.safetensors")
+    install_model("checkpoints", zsnr_ckpt(), "sd2.1-base-zsnr-laionaes5.ckpt")
+    for name in ("v1_general.pth", "v1_face.pth", "v2.pth", "DiffBIR_v2.1.pt"):
+        install_model("diffbir", model_factory.ircontrolnet_file("tiny", fmt="pth"), name)
+    for name in model_factory.STAGE1_FILES:
+        install_model("upscale_models", model_factory.stage1_file(name, "small"), name)
+    install_model("facedetection", model_factory.face_model_file("retinaface_resnet50"), "detection_Resnet50_Final.pth")
+    install_model("facedetection", model_factory.face_model_file("parsenet"), "parsing_parsenet.pth")
+    install_model("loras", model_factory.sd2_lora_file("tiny"), "your_sd21_lora.safetensors")
 
 
 _server_holder: dict = {}

@@ -1,0 +1,145 @@
+"""The general example workflows (super-resolution, denoising, v1 general, LoRA), described once and
+built into UI-format JSON with builder.py. Each one wires the explicit loaders so users see every
+piece: the stage-1 cleaner (degradation removal), SD 2.1 from ComfyUI's own checkpoint loader, the
+IRControlNet, the official prompts and the official sampler of its version.
+
+    python tools/workflows/general.py [--out example_workflows]
+
+starts a headless ComfyUI with this pack for the node definitions and writes the JSON files (the face
+workflows come from tools/workflows/faces.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))
+from builder import Node, build, dumps, note  # noqa: E402
+
+from diffbir_modules import weights  # noqa: E402
+
+SEED = 231  # the official default seed
+
+
+def _file(key: str) -> str:
+    return weights.entry(key).filename
+
+
+def _models(key: str) -> list[dict]:
+    return [weights.workflow_model_entry(key)]
+
+
+def chain(version: str, task: str, upscale: float, sampler: str = "official", lora: bool = False) -> list:
+    """LoadImage -> degradation removal -> IRControlNet on SD 2.1 -> sampler -> decode, crop, colour fix."""
+    p = weights.preset(version, task)
+    nodes = [
+        Node("load", "LoadImage", title="low-quality image", image="example.png"),
+        Node("cleaner", "DiffBIRStage1Loader", title="stage-1 cleaner", model_name=_file(p.cleaner),
+             models=_models(p.cleaner)),
+        Node("stage1", "DiffBIRDegradationRemoval", title="stage 1: degradation removal", image=("load", 0),
+             upscale_model=("cleaner", 0), preset=f"{version} {task}", upscale=upscale),
+        Node("ckpt", "CheckpointLoaderSimple", title="Stable Diffusion 2.1", ckpt_name=_file(p.checkpoint),
+             models=_models(p.checkpoint)),
+    ]
+    model = ("ckpt", 0)
+    if lora:
+        nodes.append(Node("lora", "LoraLoaderModelOnly", title="any SD 2.1 LoRA", model=model,
+                          lora_name="your_sd21_lora.safetensors", strength_model=0.6))
+        model = ("lora", 0)
+    nodes += [
+        Node("sampling", "DiffBIRModelSampling", title="DiffBIR model sampling", model=model, version=version),
+        Node("prompts", "DiffBIRDefaultPrompts", title="official prompts", version=version),
+        Node("pos", "DiffBIRTextEncode", title="positive prompt", clip=("ckpt", 1), text=("prompts", 0)),
+        Node("neg", "DiffBIRTextEncode", title="negative prompt", clip=("ckpt", 1), text=("prompts", 1)),
+        Node("irc", "DiffBIRIRControlNetLoader", title="IRControlNet", ircontrolnet_name=_file(p.ircontrolnet),
+             version=version, models=_models(p.ircontrolnet)),
+        Node("apply", "DiffBIRApplyIRControlNet", positive=("pos", 0), negative=("neg", 0), ircontrolnet=("irc", 0),
+             vae=("ckpt", 2), image=("stage1", 0)),
+    ]
+    if sampler == "official" and version == "v2.1":
+        nodes += [
+            Node("sigmas", "DiffBIREDMSigmas", title="official EDM schedule", model=("sampling", 0), steps=p.steps),
+            Node("solver", "DiffBIREDMSampler", title="official EDM sampler", solver="dpm++_3m_sde"),
+        ]
+    elif sampler == "official":
+        nodes += [
+            Node("sigmas", "DiffBIRSpacedSigmas", title="official spaced schedule", model=("sampling", 0),
+                 steps=p.steps),
+            Node("solver", "DiffBIRSpacedSampler", title="official spaced DDPM sampler"),
+        ]
+    if sampler == "official":
+        nodes += [
+            Node("noise", "RandomNoise", noise_seed=SEED),
+            Node("guider", "CFGGuider", model=("sampling", 0), positive=("apply", 0), negative=("apply", 1), cfg=p.cfg),
+            Node("sample", "SamplerCustomAdvanced", noise=("noise", 0), guider=("guider", 0), sampler=("solver", 0),
+                 sigmas=("sigmas", 0), latent_image=("apply", 2)),
+        ]
+    else:  # the stock KSampler with the closest native settings (docs/samplers.md)
+        nodes.append(Node("sample", "KSampler", model=("sampling", 0), positive=("apply", 0), negative=("apply", 1),
+                          latent_image=("apply", 2), seed=SEED, steps=p.steps, cfg=p.cfg,
+                          sampler_name="dpmpp_3m_sde", scheduler="simple", denoise=1.0))
+    nodes += [
+        Node("decode", "VAEDecode", samples=("sample", 0), vae=("ckpt", 2)),
+        Node("crop", "DiffBIRCropToStage1", image=("decode", 0), stage1=("stage1", 0)),
+        Node("colour", "DiffBIRColorFix", title="colour fix (official: wavelet)", image=("crop", 0),
+             reference=("stage1", 0), method="wavelet"),
+        Node("save", "SaveImage", images=("colour", 0), filename_prefix="diffbir"),
+        Node("preview_stage1", "PreviewImage", title="stage-1 result", images=("stage1", 0)),
+    ]
+    return nodes
+
+
+def _readme(title: str, body: str) -> Node:
+    return note("readme", f"# {title}\n\n{body}", title="Read me")
+
+
+WORKFLOWS = {
+    "DiffBIR v2.1 super-resolution (SwinIR)": (
+        lambda: chain("v2.1", "sr", 4.0),
+        "DiffBIR v2.1 (the newest): the Real-ESRGAN-trained SwinIR removes the degradation at the target size, "
+        "IRControlNet on DiffBIR's zero-terminal-SNR SD 2.1 regenerates detail. Official sampler: EDM "
+        "DPM++ 3M SDE, 10 steps, cfg 6 (the official README uses 8: higher is sharper but less faithful)."),
+    "DiffBIR v2 super-resolution (BSRNet)": (
+        lambda: chain("v2", "sr", 4.0),
+        "DiffBIR v2 (the ECCV paper version): BSRNet (x4) cleans and upscales, IRControlNet on SD 2.1 base. "
+        "Official sampler: spaced DDPM, 50 steps, cfg 4, empty positive prompt."),
+    "DiffBIR v2 denoising (SCUNet)": (
+        lambda: chain("v2", "denoise", 1.0),
+        "DiffBIR v2 blind denoising: SCUNet (PSNR) removes noise and compression, IRControlNet restores "
+        "texture. Same size in and out (upscale 1)."),
+    "DiffBIR v1 general": (
+        lambda: chain("v1", "sr", 4.0),
+        "DiffBIR v1: the general SwinIR and the v1 IRControlNet, empty prompts, cfg 1 (no negative prompt "
+        "evaluation), spaced DDPM 50 steps."),
+    "DiffBIR v2.1 with a LoRA (stock KSampler)": (
+        lambda: chain("v2.1", "sr", 4.0, sampler="ksampler", lora=True),
+        "Any SD 2.1 LoRA (put it in models/loras and pick it in the LoRA node) mixes in before the DiffBIR "
+        "model sampling. Sampling uses the stock KSampler (dpmpp_3m_sde, simple scheduler: the closest native "
+        "setting to the official v2.1 sampler, see docs/samplers.md)."),
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(HERE.parents[1] / "example_workflows"))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parents[1] / "scripts"))
+    import comfy_headless
+
+    with comfy_headless.ComfyServer(comfy_headless.make_base_directory(comfy_headless.scratch_base())) as server:
+        info = server.object_info()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for title, (describe, text) in WORKFLOWS.items():
+        workflow = build([_readme(title, text), *describe()], info)
+        path = out / f"{title}.json"
+        path.write_text(dumps(workflow))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
