@@ -284,8 +284,13 @@ def stamp_workflow_models(workflow: dict) -> int:
     """Adds the web UI's model metadata (``properties.models``: name, url, directory) to every node of a
     UI-format workflow that names a catalogue file in its widget values, and to every DiffBIRPresetLoader
     (the files of its version + task). The frontend uses it to offer the missing files when someone opens
-    a shared workflow. Returns the number of nodes changed; existing entries for other files are kept."""
+    a shared workflow. Returns the number of nodes changed; existing entries for other files are kept.
+
+    The web UI only trusts a node's entries whose file name is one of the node's widget values, so the
+    preset loader's files (chosen by version + task, not by name) also go into the workflow-level
+    ``models`` list, which it reads unconditionally."""
     changed = 0
+    preset_keys = []
     for node in workflow.get("nodes", []):
         values = node.get("widgets_values") or []
         if isinstance(values, dict):
@@ -293,7 +298,9 @@ def stamp_workflow_models(workflow: dict) -> int:
         keys = [w.key for v in values if isinstance(v, str) and (w := by_filename(v.rsplit("/", 1)[-1]))]
         if node.get("type") == "DiffBIRPresetLoader" and len(values) >= 2:
             try:
-                keys += preset(str(values[0]), str(values[1])).files()
+                files = preset(str(values[0]), str(values[1])).files()
+                keys += files
+                preset_keys += files
             except ValueError:
                 pass
         if not keys:
@@ -304,4 +311,6 @@ def stamp_workflow_models(workflow: dict) -> int:
         if properties.get("models") != models:
             properties["models"] = models
             changed += 1
+    if preset_keys:
+        workflow["models"] = [workflow_model_entry(k) for k in dict.fromkeys(preset_keys)]
     return changed

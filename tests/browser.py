@@ -16,7 +16,7 @@ import urllib.request
 
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1600,1000", "--remote-debugging-port=0"]
+                  "--disable-dev-shm-usage", "--remote-debugging-port=0", "--hide-scrollbars"]
 
 
 def chromium_path() -> str | None:
@@ -26,9 +26,10 @@ def chromium_path() -> str | None:
 class Browser:
     """One Chromium page. ``evaluate(js)`` returns the value of an (awaited) JS expression."""
 
-    def __init__(self):
+    def __init__(self, window=(1600, 1000)):
         self.profile = tempfile.mkdtemp(prefix="diffbir-chromium-")
-        self.process = subprocess.Popen([chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+        size = f"--window-size={window[0]},{window[1]}"
+        self.process = subprocess.Popen([chromium_path(), *CHROMIUM_FLAGS, size, f"--user-data-dir={self.profile}",
                                          "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         self.browser_ws = None
