@@ -28,7 +28,7 @@ import comfy.model_sampling
 import numpy as np
 import torch
 
-from . import schedules
+from . import ircontrolnet, schedules
 
 log = logging.getLogger(__name__)
 
@@ -394,24 +394,13 @@ def sample_edm_official(model, x, sigmas, extra_args=None, callback=None, disabl
 
 
 # -- condition noise augmentation -----------------------------------------------------------------
-def _control_chain(control):
-    while control is not None:
-        yield control
-        control = getattr(control, "previous_controlnet", None)
-
-
-def _is_diffbir_control(control) -> bool:
-    return callable(getattr(control, "with_condition", None)) and isinstance(getattr(control, "condition", None),
-                                                                            torch.Tensor)
-
-
 def augment_condition(conditionings, timestep: int, training_acp, noise_for):
-    """Copies of the CONDITIONING lists in ``conditionings`` in which every IRControlNet control (duck
-    typed: a ``condition`` latent and a ``with_condition(latent)`` copy method) carries the condition
-    ``q_sample(condition, timestep, noise)`` instead. ``noise_for(condition) -> tensor`` gives the noise;
-    a control object shared by positive and negative is augmented once, so cond and uncond see the
-    same tensor (as officially: ``uncond.c_img = cond.c_img``). Returns (new lists, number replaced)."""
-    memo_controls, memo_latents = {}, {}
+    """Copies of the CONDITIONING lists in ``conditionings`` in which every IRControlNet control
+    carries the condition ``q_sample(condition, timestep, noise)`` instead. ``noise_for(condition) ->
+    tensor`` gives the noise; a condition shared by positive and negative is augmented once, so cond
+    and uncond see the same tensor (as officially: ``uncond.c_img = cond.c_img``). Returns (new
+    lists, number of conditions replaced)."""
+    memo_latents = {}
 
     def augmented(latent):
         key = id(latent)
@@ -419,30 +408,5 @@ def augment_condition(conditionings, timestep: int, training_acp, noise_for):
             memo_latents[key] = schedules.q_sample(latent, timestep, noise_for(latent), training_acp)
         return memo_latents[key]
 
-    def rebuild(control):
-        if control is None:
-            return None
-        if id(control) in memo_controls:
-            return memo_controls[id(control)]
-        prev = rebuild(getattr(control, "previous_controlnet", None))
-        if _is_diffbir_control(control):
-            new = control.with_condition(augmented(control.condition))
-            new.set_previous_controlnet(prev)
-        elif prev is getattr(control, "previous_controlnet", None):
-            new = control
-        else:
-            new = control.copy()
-            new.set_previous_controlnet(prev)
-        memo_controls[id(control)] = new
-        return new
-
-    out = []
-    for conditioning in conditionings:
-        entries = []
-        for t, d in conditioning:
-            d = d.copy()
-            if d.get("control") is not None:
-                d["control"] = rebuild(d["control"])
-            entries.append([t, d])
-        out.append(entries)
+    out = ircontrolnet.replace_ircontrolnets(conditionings, lambda c: c.with_condition(augmented(c.condition)))
     return out, len(memo_latents)

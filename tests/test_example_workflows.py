@@ -52,16 +52,9 @@ def test_example_is_up_to_date(comfy_server, name):
     info = comfy_server.object_info()
     saved = json.loads((EXAMPLES / name).read_text())
     title = name.removesuffix(".json")
-    general, faces = tool("general"), tool("faces")
-    if title in general.WORKFLOWS:
-        describe, text = general.WORKFLOWS[title]
-        rebuilt = general.build([general._readme(title, text), *describe()], info)
-        assert rebuilt == saved, f"{name} is out of date: run python tools/workflows/general.py"
-    else:
-        assert title in faces.WORKFLOWS, f"{name} has no description in tools/workflows/"
-        rebuilt = faces.build(faces.WORKFLOWS[title]("diffbir"), info)
-        assert [n["type"] for n in rebuilt["nodes"]] == [n["type"] for n in saved["nodes"]], \
-            f"{name} is out of date: run python tools/workflows/faces.py"
+    built = {**tool("general").workflows(info), **tool("faces").workflows(info)}
+    assert title in built, f"{name} has no description in tools/workflows/"
+    assert built[title] == saved, f"{name} is out of date: run python tools/workflows/general.py / faces.py"
     for node in saved["nodes"]:  # shared workflows name their models for the web UI
         if node["type"] in ("CheckpointLoaderSimple", "DiffBIRIRControlNetLoader", "DiffBIRStage1Loader",
                             "DiffBIRPresetLoader"):

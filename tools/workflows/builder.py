@@ -11,6 +11,7 @@ missing downloads.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -159,3 +160,26 @@ def _link_input_names(info: dict) -> set:
 
 def dumps(workflow: dict) -> str:
     return json.dumps(workflow, indent=2) + "\n"
+
+
+def live_object_info() -> dict:
+    """The node definitions of a headless ComfyUI with this pack (``/object_info``)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import comfy_headless
+
+    with comfy_headless.ComfyServer(comfy_headless.make_base_directory(comfy_headless.scratch_base())) as server:
+        return server.object_info()
+
+
+def write(workflows: dict, out_dir) -> None:
+    """Writes ``{title: workflow}`` as ``<out_dir>/<title>.json``."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for title, workflow in workflows.items():
+        path = out / f"{title}.json"
+        path.write_text(dumps(workflow))
+        print(f"wrote {path}")

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
-from builder import Node, build, dumps, note  # noqa: E402
+from builder import Node, build, live_object_info, note, write  # noqa: E402
 
 from diffbir_modules import weights  # noqa: E402
 
@@ -147,24 +147,22 @@ WORKFLOWS = {
 }
 
 
+def workflows(info: dict, chain: str = "diffbir") -> dict:
+    """{title: UI-format workflow} for the given node definitions."""
+    out = {}
+    for title, describe in WORKFLOWS.items():
+        workflow = build(describe(chain), info)
+        weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
+        out[title] = workflow
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chain", default="diffbir", choices=["diffbir", "stock"])
     parser.add_argument("--out", default=str(HERE.parents[1] / "example_workflows"))
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE.parents[1] / "scripts"))
-    import comfy_headless
-
-    with comfy_headless.ComfyServer(comfy_headless.make_base_directory(comfy_headless.scratch_base())) as server:
-        info = server.object_info()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for title, describe in WORKFLOWS.items():
-        path = out / f"{title}.json"
-        workflow = build(describe(args.chain), info)
-        weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
-        path.write_text(dumps(workflow))
-        print(f"wrote {path}")
+    write(workflows(live_object_info(), args.chain), args.out)
 
 
 if __name__ == "__main__":

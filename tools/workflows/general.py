@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
-from builder import Node, build, dumps, note  # noqa: E402
+from builder import Node, build, live_object_info, note, write  # noqa: E402
 
 from diffbir_modules import weights  # noqa: E402
 
@@ -123,22 +123,16 @@ WORKFLOWS = {
 }
 
 
+def workflows(info: dict) -> dict:
+    """{title: UI-format workflow} for the given node definitions."""
+    return {title: build([_readme(title, text), *describe()], info) for title, (describe, text) in WORKFLOWS.items()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(HERE.parents[1] / "example_workflows"))
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE.parents[1] / "scripts"))
-    import comfy_headless
-
-    with comfy_headless.ComfyServer(comfy_headless.make_base_directory(comfy_headless.scratch_base())) as server:
-        info = server.object_info()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for title, (describe, text) in WORKFLOWS.items():
-        workflow = build([_readme(title, text), *describe()], info)
-        path = out / f"{title}.json"
-        path.write_text(dumps(workflow))
-        print(f"wrote {path}")
+    write(workflows(live_object_info()), args.out)
 
 
 if __name__ == "__main__":
