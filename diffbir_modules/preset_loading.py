@@ -1,7 +1,7 @@
 """Loading everything one DiffBIR version + task needs, with the same loaders a hand-wired graph uses:
 ComfyUI's checkpoint loader for SD 2.1 (MODEL, CLIP, VAE), spandrel for the stage-1 cleaners (what the
 core "Load Upscale Model" node does) and the pack's IRControlNet loader. Missing files are found or
-downloaded through ``downloads.ensure``; see ``weights.PRESETS`` for the table."""
+downloaded through ``downloads.ensure``; see ``presets.PRESETS`` for the table."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import downloads, weights
+from . import downloads, presets, sampling
 
 log = logging.getLogger("comfyui-diffbir")
 
 
 @dataclass
 class LoadedPreset:
-    preset: weights.Preset
+    preset: presets.Preset
     paths: dict[str, str]
     model: Any
     clip: Any
@@ -40,25 +40,16 @@ class LoadedPreset:
         return "\n".join(lines)
 
 
-def load_checkpoint(path: str, v_prediction_zsnr: bool = False):
-    """(MODEL, CLIP, VAE) from an SD checkpoint, exactly as CheckpointLoaderSimple loads it; for v2.1's
-    zero-SNR checkpoint the model sampling is set to v-prediction with zero terminal SNR (what the core
-    ModelSamplingDiscrete node does), since ComfyUI cannot detect zsnr from the weights."""
+def load_checkpoint(path: str, version: str):
+    """(MODEL, CLIP, VAE) from an SD checkpoint, exactly as CheckpointLoaderSimple loads it, with the
+    schedule ``version`` was trained with (what DiffBIR Model Sampling does; ComfyUI cannot detect
+    v2.1's v-prediction + zero terminal SNR from the weights)."""
     import comfy.sd
     import folder_paths
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(
         path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
-    if v_prediction_zsnr:
-        model = with_v_prediction_zsnr(model)
-    return model, clip, vae
-
-
-def with_v_prediction_zsnr(model):
-    """A clone of MODEL sampled as v-prediction with zero terminal SNR (core ModelSamplingDiscrete node)."""
-    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
-
-    return ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
+    return sampling.with_model_sampling(model, version), clip, vae
 
 
 def load_cleaner(path: str):
@@ -94,10 +85,10 @@ def ircontrolnet_loader():
 
 def load_preset(version: str, task: str, allow_download: bool = True, require_ircontrolnet: bool = True
                 ) -> LoadedPreset:
-    p = weights.preset(version, task)
+    p = presets.preset_for(version, task)
     paths = downloads.ensure(p.files(), allow_download=allow_download)
     load_control = ircontrolnet_loader() if require_ircontrolnet else None
-    model, clip, vae = load_checkpoint(paths[p.checkpoint], p.v_prediction_zsnr)
+    model, clip, vae = load_checkpoint(paths[p.checkpoint], p.version)
     cleaner = load_cleaner(paths[p.cleaner])
     background = load_cleaner(paths[p.background_cleaner]) if p.background_cleaner else cleaner
     # the release is known here, so it is passed on (the loader's "auto" cannot tell the releases apart)

@@ -22,22 +22,10 @@ from __future__ import annotations
 import html
 import re
 
-DEFAULT_POS_V21 = (
-    "Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, hyper detailed photo - realistic "
-    "maximum detail, 32k, Color Grading, ultra HD, extreme meticulous detailing, skin pore detailing, hyper "
-    "sharpness, perfect without deformations.")
-DEFAULT_NEG_V21 = (
-    "painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D render, unreal "
-    "engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg artifacts, "
-    "deformed, lowres, over-smooth.")
-DEFAULT_NEG_V2 = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+from .presets import VERSION_DEFAULTS
 
-# version -> (positive, negative, cfg, the official sampler, steps)
-DEFAULTS = {
-    "v1": ("", "", 1.0, "spaced", 50),
-    "v2": ("", DEFAULT_NEG_V2, 4.0, "spaced", 50),
-    "v2.1": (DEFAULT_POS_V21, DEFAULT_NEG_V21, 6.0, "edm_dpm++_3m_sde", 10),
-}
+# version -> (positive, negative, cfg, the official sampler, steps), from the one table in presets.py
+DEFAULTS = {v: (d.positive, d.negative, d.cfg, d.sampler_name, d.steps) for v, d in VERSION_DEFAULTS.items()}
 
 
 def default_prompts(version: str, caption: str = "") -> tuple[str, str, float]:

@@ -93,6 +93,13 @@ def make_model_sampling(version: str, model_config=None) -> DiffBIRDiscreteSched
     return cls(version, model_config)
 
 
+def with_model_sampling(model, version: str):
+    """A clone of the ModelPatcher ``model`` sampled with the schedule ``version`` was trained with."""
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", make_model_sampling(version, model.model.model_config))
+    return patched
+
+
 def prediction_of(model_sampling) -> str | None:
     """"v", "eps", or None for anything else (flow, x0, EDM ...)."""
     if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION) and not isinstance(

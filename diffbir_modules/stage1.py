@@ -139,7 +139,7 @@ def resolve_rules(name: str, cleaner: Cleaner) -> Rules:
         return RULES[auto_rules(cleaner)]
     if name in RULES:
         return RULES[name]
-    return RULES[presets.preset(name)["stage1"]]
+    return RULES[presets.preset(name).stage1]
 
 
 # -- sizes -----------------------------------------------------------------------------------------

@@ -10,13 +10,14 @@ Hashes marked ``source_kind="mirror"`` come from re-uploads of the same file nam
 Hugging Face (Git LFS pointers), not from the original publisher; a download from the original URL
 that does not match is still refused, and the error says which source the expected value came from.
 
-``PRESETS`` maps (version, task) to the files and the official defaults of that combination
-(diffbir.md sections 1.3, 2.3 and 3.2); the preset loader node reads it.
+Which files each DiffBIR version and task uses is in ``presets.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from . import presets
 
 SD_LICENSE = "CreativeML Open RAIL++-M (Stability AI); accept its use restrictions before downloading"
 DIFFBIR_LICENSE = "Apache-2.0 (DiffBIR, XPixelGroup; Hugging Face repo lxq007/DiffBIR-v2 is tagged apache-2.0)"
@@ -207,79 +208,6 @@ def workflow_model_entry(key: str) -> dict:
     return {"name": w.filename, "url": w.url, "directory": w.folder}
 
 
-# -- presets: version x task -> files and official defaults ------------------------------------------------
-VERSIONS = ("v1", "v2", "v2.1")
-TASKS = ("sr", "face", "denoise", "unaligned_face")
-
-V21_POSITIVE = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, hyper detailed photo "
-                "- realistic maximum detail, 32k, Color Grading, ultra HD, extreme meticulous detailing, skin pore "
-                "detailing, hyper sharpness, perfect without deformations.")
-V21_NEGATIVE = ("painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D "
-                "render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
-                "signature, jpeg artifacts, deformed, lowres, over-smooth.")
-V2_NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
-
-
-@dataclass(frozen=True)
-class Preset:
-    version: str
-    task: str
-    checkpoint: str  # catalogue keys
-    ircontrolnet: str
-    cleaner: str
-    background_cleaner: str | None = None  # unaligned_face: the cleaner of the whole picture
-    face_files: tuple[str, ...] = ()  # unaligned_face: detector and parser
-    v_prediction_zsnr: bool = False  # the checkpoint needs ModelSamplingDiscrete(v_prediction, zsnr=True)
-    steps: int = 50
-    cfg: float = 4.0
-    positive: str = ""
-    negative: str = ""
-    sampler: str = ""  # the official sampler, in words
-
-    def files(self) -> list[str]:
-        keys = [self.checkpoint, self.ircontrolnet, self.cleaner]
-        if self.background_cleaner:
-            keys.append(self.background_cleaner)
-        keys.extend(self.face_files)
-        return list(dict.fromkeys(keys))
-
-
-_V1 = dict(version="v1", checkpoint="sd21_base_safetensors", steps=50, cfg=1.0,
-           sampler="spaced DDPM, 50 steps (v1 code)")
-_V2 = dict(version="v2", checkpoint="sd21_base_safetensors", ircontrolnet="v2", steps=50, cfg=4.0, negative=V2_NEGATIVE,
-           sampler="spaced DDPM, 50 steps (v2.0 code)")
-_V21 = dict(version="v2.1", checkpoint="sd21_zsnr", ircontrolnet="v21", v_prediction_zsnr=True, steps=10, cfg=6.0,
-            positive=V21_POSITIVE, negative=V21_NEGATIVE,
-            sampler="EDM DPM++ 3M SDE, 10 steps (v2.1 CLI; its README commands use cfg 8)")
-_FACES = ("retinaface_resnet50", "parsenet")
-
-PRESETS: dict[tuple[str, str], Preset] = {(p.version, p.task): p for p in (
-    Preset(task="sr", ircontrolnet="v1_general", cleaner="swinir_general", **_V1),
-    Preset(task="face", ircontrolnet="v1_face", cleaner="swinir_face", **_V1),
-    Preset(task="denoise", ircontrolnet="v1_general", cleaner="swinir_general", **_V1),
-    Preset(task="sr", cleaner="bsrnet", **_V2),
-    Preset(task="face", cleaner="swinir_face", **_V2),
-    Preset(task="denoise", cleaner="scunet_psnr", **_V2),
-    Preset(task="unaligned_face", cleaner="swinir_face", background_cleaner="bsrnet", face_files=_FACES, **_V2),
-    Preset(task="sr", cleaner="swinir_realesrgan", **_V21),
-    Preset(task="face", cleaner="swinir_face", **_V21),
-    Preset(task="denoise", cleaner="swinir_realesrgan", **_V21),
-    Preset(task="unaligned_face", cleaner="swinir_face", background_cleaner="swinir_realesrgan", face_files=_FACES,
-           **_V21),
-)}
-
-
-def preset(version: str, task: str) -> Preset:
-    try:
-        return PRESETS[(version, task)]
-    except KeyError:
-        if version == "v1" and task == "unaligned_face":
-            raise ValueError("DiffBIR v1 has no unaligned-face mode (the official code raises for it too); "
-                             "use v2 or v2.1, or task 'face' with an aligned 512x512 face") from None
-        raise ValueError(f"no DiffBIR preset for version {version!r} and task {task!r}; versions: "
-                         f"{', '.join(VERSIONS)}; tasks: {', '.join(TASKS)}") from None
-
-
 def stamp_workflow_models(workflow: dict) -> int:
     """Adds the web UI's model metadata (``properties.models``: name, url, directory) to every node of a
     UI-format workflow that names a catalogue file in its widget values, and to every DiffBIRPresetLoader
@@ -298,7 +226,7 @@ def stamp_workflow_models(workflow: dict) -> int:
         keys = [w.key for v in values if isinstance(v, str) and (w := by_filename(v.rsplit("/", 1)[-1]))]
         if node.get("type") == "DiffBIRPresetLoader" and len(values) >= 2:
             try:
-                files = preset(str(values[0]), str(values[1])).files()
+                files = presets.preset_for(str(values[0]), str(values[1])).files()
                 keys += files
                 preset_keys += files
             except ValueError:

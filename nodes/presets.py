@@ -3,10 +3,8 @@ files in the model folders or downloading the missing ones."""
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import preset_loading, weights
-
-# The IRControlNet wire type. NOTE for the lead: must equal the type the ircontrolnet branch's nodes use.
-IRCONTROLNET = io.Custom("DIFFBIR_IRCONTROLNET")
+from ..diffbir_modules import preset_loading, presets
+from .ircontrolnet import IRControlNetType
 
 
 def _task_help() -> str:
@@ -31,11 +29,11 @@ class DiffBIRPresetLoader(io.ComfyNode):
                 "downloads are off, in which case the error lists each file, its URL and its folder. The same "
                 "loaders as the hand-wired nodes are used, so the outputs work with any ComfyUI node."),
             inputs=[
-                io.Combo.Input("version", options=list(weights.VERSIONS), default="v2.1", tooltip=(
+                io.Combo.Input("version", options=list(presets.VERSIONS), default="v2.1", tooltip=(
                     "v2.1: newest weights, v-prediction zero-SNR SD 2.1, sharpest and most generative, few steps. "
                     "v2: the ECCV paper model on plain SD 2.1. v1: the first release; more faithful to the input, "
                     "less detail.")),
-                io.Combo.Input("task", options=list(weights.TASKS), default="sr", tooltip=_task_help()),
+                io.Combo.Input("task", options=list(presets.TASKS), default="sr", tooltip=_task_help()),
                 io.Boolean.Input("download_missing", default=True, tooltip=(
                     "Download files that are not in the model folders (several GB for the SD checkpoint). Off, or "
                     "with DIFFBIR_NO_DOWNLOAD=1 set, a missing file stops the run with a list of what to put "
@@ -47,7 +45,7 @@ class DiffBIRPresetLoader(io.ComfyNode):
                     "and the sampler.")),
                 io.Clip.Output(display_name="CLIP", tooltip="The OpenCLIP text encoder, for the prompts."),
                 io.Vae.Output(display_name="VAE", tooltip="The SD VAE: encodes the stage-1 image, decodes the result."),
-                IRCONTROLNET.Output(display_name="IRCONTROLNET", tooltip=(
+                IRControlNetType.Output(display_name="IRCONTROLNET", tooltip=(
                     "The version's IRControlNet, which steers SD toward the stage-1 image (higher strength: more "
                     "faithful, lower: more generated detail).")),
                 io.UpscaleModel.Output(display_name="cleaner", tooltip=(

@@ -41,9 +41,7 @@ class DiffBIRModelSampling(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, version) -> io.NodeOutput:
-        m = model.clone()
-        m.add_object_patch("model_sampling", sampling.make_model_sampling(version, model.model.model_config))
-        return io.NodeOutput(m)
+        return io.NodeOutput(sampling.with_model_sampling(model, version))
 
 
 class DiffBIRSpacedSigmas(io.ComfyNode):

@@ -27,6 +27,11 @@ def weights(comfy):
 
 
 @pytest.fixture
+def presets(comfy):
+    return comfy.pack_module("diffbir_modules.presets")
+
+
+@pytest.fixture
 def isolated_folders(comfy, tmp_path, monkeypatch):
     """Replaces ComfyUI's paths for the given model folders by empty temporary ones (for this test only)."""
     import folder_paths
@@ -60,7 +65,7 @@ class Recorder:
 
 
 # -- the catalogue -----------------------------------------------------------------------------------------------
-def test_catalogue_entries_are_complete(weights):
+def test_catalogue_entries_are_complete(weights, presets):
     assert len(weights.CATALOGUE) == 15
     for key, w in weights.CATALOGUE.items():
         assert w.key == key and w.filename and w.folder in ("checkpoints", "diffbir", "upscale_models", "facedetection")
@@ -71,11 +76,11 @@ def test_catalogue_entries_are_complete(weights):
         if w.sha256 or w.size:
             assert w.source, f"{key}: a recorded checksum or size must name its source"
         assert w.verification() in ("sha256", "size", "unverified")
-    for (version, task), p in weights.PRESETS.items():
+    for (version, task), p in presets.PRESETS.items():
         assert p.version == version and p.task == task
         assert all(k in weights.CATALOGUE for k in p.files())
     with pytest.raises(ValueError, match="no unaligned-face mode"):
-        weights.preset("v1", "unaligned_face")
+        presets.preset_for("v1", "unaligned_face")
     assert weights.workflow_model_entry("v21") == {
         "name": "DiffBIR_v2.1.pt", "url": "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main/DiffBIR_v2.1.pt",
         "directory": "diffbir"}
@@ -150,10 +155,10 @@ def test_unreachable_server_is_a_connect_error(dl, tmp_path):
 
 
 # -- finding files, the offline message, downloading into ComfyUI's folders ------------------------------------------
-def test_offline_message_lists_file_url_and_folder(dl, weights, isolated_folders, monkeypatch):
+def test_offline_message_lists_file_url_and_folder(dl, weights, presets, isolated_folders, monkeypatch):
     dirs = isolated_folders("checkpoints", "diffbir", "upscale_models")
     monkeypatch.setenv("DIFFBIR_NO_DOWNLOAD", "1")
-    keys = weights.preset("v2.1", "sr").files()
+    keys = presets.preset_for("v2.1", "sr").files()
     with pytest.raises(dl.MissingWeightsError) as info:
         dl.ensure(keys)
     message = str(info.value)

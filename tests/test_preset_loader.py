@@ -37,6 +37,7 @@ def tiny_esrgan_x4(path, seed=3):
 
 def test_offline_workflow_fails_naming_every_missing_file(comfy, isolated_folders, monkeypatch):
     weights = comfy.pack_module("diffbir_modules.weights")
+    presets = comfy.pack_module("diffbir_modules.presets")
     monkeypatch.setenv("DIFFBIR_NO_DOWNLOAD", "1")
     prompt = {"p": {"class_type": "DiffBIRPresetLoader",
                     "inputs": {"version": "v2", "task": "unaligned_face", "download_missing": True}}}
@@ -45,7 +46,7 @@ def test_offline_workflow_fails_naming_every_missing_file(comfy, isolated_folder
     message = str(info.value)
     print(message)
     assert "MissingWeightsError" in message and "DIFFBIR_NO_DOWNLOAD=1" in message
-    files = weights.preset("v2", "unaligned_face").files()
+    files = presets.preset_for("v2", "unaligned_face").files()
     assert len(files) == 6  # SD, IRControlNet, face cleaner, background cleaner, detector, parser
     for key in files:
         w = weights.entry(key)
@@ -73,14 +74,15 @@ def test_preset_loads_with_the_graph_loaders(comfy, isolated_folders):
     assert loaded.preset.steps == 50 and loaded.preset.cfg == 4.0 and "weird textures" in loaded.preset.negative
     assert "BSRNet.pth" in loaded.summary() and "v2.pth" in loaded.summary()
 
-    # v2.1's checkpoint is sampled as v-prediction with zero terminal SNR
+    # each version's model is sampled with its training schedule: v2 eps; v2.1 v-prediction, zero terminal SNR
     import comfy.model_sampling
 
-    patched = loading.with_v_prediction_zsnr(loaded.model)
-    sampling = patched.get_model_object("model_sampling")
+    sampling_v2 = loaded.model.get_model_object("model_sampling")
+    assert not isinstance(sampling_v2, comfy.model_sampling.V_PREDICTION) and sampling_v2.diffbir_version == "v2"
+    model, _, _ = loading.load_checkpoint(str(model_factory.sd2_checkpoint("tiny")), "v2.1")
+    sampling = model.get_model_object("model_sampling")
     assert isinstance(sampling, comfy.model_sampling.V_PREDICTION)
     assert float(sampling.sigmas[-1]) > 1e3  # zero terminal SNR: the last sigma is (nearly) infinite
-    assert not isinstance(loaded.model.get_model_object("model_sampling"), comfy.model_sampling.V_PREDICTION)
 
 
 def test_preset_node_end_to_end_when_ircontrolnet_is_available(comfy, isolated_folders):

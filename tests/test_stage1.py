@@ -84,8 +84,9 @@ def test_plan_follows_the_official_size_rules(stage1, args, expected):
 
 def test_presets_and_auto_pick_the_official_pipeline(comfy, stage1):
     presets = comfy.pack_module("diffbir_modules.presets")
-    assert presets.preset("v2 sr")["stage1"] == "bsrnet" and presets.preset("v2 denoise")["stage1"] == "scunet"
-    assert {presets.preset(f"{v} {t}")["stage1"] for v in ("v1", "v2.1") for t in presets.TASKS} == {"swinir"}
+    weights = comfy.pack_module("diffbir_modules.weights")
+    assert presets.preset("v2 sr").stage1 == "bsrnet" and presets.preset("v2 denoise").stage1 == "scunet"
+    assert {presets.preset(f"{v} {t}").stage1 for v in ("v1", "v2.1") for t in presets.STAGE1_TASKS} == {"swinir"}
     expected = {"general_swinir_v1.ckpt": "swinir", "face_swinir_v1.ckpt": "swinir",
                 "realesrgan_s4_swinir_100k.pth": "swinir", "BSRNet.pth": "bsrnet",
                 "scunet_color_real_psnr.pth": "scunet"}
@@ -94,8 +95,8 @@ def test_presets_and_auto_pick_the_official_pipeline(comfy, stage1):
         assert stage1.auto_rules(cleaner) == rules
         assert stage1.resolve_rules("v2 sr", cleaner).name == "bsrnet"
         for row in presets.PRESETS.values():
-            if row["cleaner"] == name and row["stage1"] != "v1_release":
-                assert row["stage1"] == rules, f"{name} is auto-detected as {rules}, the table says {row}"
+            if weights.entry(row.cleaner).filename == name and row.stage1 != "v1_release":
+                assert row.stage1 == rules, f"{name} is auto-detected as {rules}, the table says {row}"
 
 
 # -- loading ---------------------------------------------------------------------------------------

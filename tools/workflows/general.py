@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 from builder import Node, build, live_object_info, note, write  # noqa: E402
 
-from diffbir_modules import weights  # noqa: E402
+from diffbir_modules import presets, weights  # noqa: E402
 
 SEED = 231  # the official default seed
 
@@ -35,7 +35,7 @@ def _models(key: str) -> list[dict]:
 
 def chain(version: str, task: str, upscale: float, sampler: str = "official", lora: bool = False) -> list:
     """LoadImage -> degradation removal -> IRControlNet on SD 2.1 -> sampler -> decode, crop, colour fix."""
-    p = weights.preset(version, task)
+    p = presets.preset_for(version, task)
     nodes = [
         Node("load", "LoadImage", title="low-quality image", image="example.png"),
         Node("cleaner", "DiffBIRStage1Loader", title="stage-1 cleaner", model_name=_file(p.cleaner),
