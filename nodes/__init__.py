@@ -4,9 +4,12 @@ ComfyUI types. Node ids are what saved workflows store: never rename one once pu
 from .color_fix import DiffBIRColorFix
 from .degradation import DiffBIRSynthesizeDegradation
 from .presets import DiffBIRPresetLoader
+from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
 
 NODES = [
     DiffBIRColorFix,
     DiffBIRPresetLoader,
     DiffBIRSynthesizeDegradation,
+    DiffBIRStage1Loader,
+    DiffBIRDegradationRemoval,
 ]
