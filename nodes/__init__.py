@@ -3,7 +3,17 @@ ComfyUI types. Node ids are what saved workflows store: never rename one once pu
 
 from .color_fix import DiffBIRColorFix
 from .degradation import DiffBIRSynthesizeDegradation
+from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
 from .presets import DiffBIRPresetLoader
+from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
+from .sampling import (
+    DiffBIRConditionNoiseAugment,
+    DiffBIREDMSampler,
+    DiffBIREDMSigmas,
+    DiffBIRModelSampling,
+    DiffBIRSpacedSampler,
+    DiffBIRSpacedSigmas,
+)
 from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
 
 NODES = [
@@ -12,4 +22,16 @@ NODES = [
     DiffBIRSynthesizeDegradation,
     DiffBIRStage1Loader,
     DiffBIRDegradationRemoval,
+    DiffBIRIRControlNetLoader,
+    DiffBIRApplyIRControlNet,
+    DiffBIRCropToStage1,
+    # sampling: official schedules and samplers
+    DiffBIRModelSampling,
+    DiffBIRSpacedSigmas,
+    DiffBIRSpacedSampler,
+    DiffBIREDMSigmas,
+    DiffBIREDMSampler,
+    DiffBIRConditionNoiseAugment,
+    DiffBIRDefaultPrompts,
+    DiffBIRTextEncode,
 ]
