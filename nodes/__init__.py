@@ -15,6 +15,7 @@ from .sampling import (
     DiffBIRSpacedSigmas,
 )
 from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
+from .tiling import DiffBIRTiledSampling, DiffBIRVAEDecodeTiled, DiffBIRVAEEncodeTiled
 
 NODES = [
     DiffBIRColorFix,
@@ -34,4 +35,8 @@ NODES = [
     DiffBIRConditionNoiseAugment,
     DiffBIRDefaultPrompts,
     DiffBIRTextEncode,
+    # tiling for large images
+    DiffBIRTiledSampling,
+    DiffBIRVAEEncodeTiled,
+    DiffBIRVAEDecodeTiled,
 ]
