@@ -431,9 +431,12 @@ def pad_bottom_right(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="constant", value=0.0)
 
 
-def encode_condition(vae, rgb: torch.Tensor, padding: str = "64") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_condition(vae, rgb: torch.Tensor, padding: str = "64", tile_size: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(condition latent x 0.18215, the same latent unscaled as a LATENT holds it) for a stage-1
-    image ``rgb`` (NCHW in [0,1]). ComfyUI's VAE.encode returns the posterior mode (unscaled)."""
+    image ``rgb`` (NCHW in [0,1]). ComfyUI's VAE.encode returns the posterior mode (unscaled).
+    ``tile_size``: None = ComfyUI's VAE.encode; an int goes to the exact tiled encoder
+    (``tiled_vae.encode``: 0 = tiles only when the image does not fit in memory; same result)."""
     if padding not in PADDINGS:
         raise IRControlNetError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
     if getattr(vae, "latent_channels", LATENT_CHANNELS) != LATENT_CHANNELS or vae.spacial_compression_encode() != 8:
@@ -442,7 +445,12 @@ def encode_condition(vae, rgb: torch.Tensor, padding: str = "64") -> tuple[torch
             f"{vae.spacial_compression_encode()}x; the IRControlNet needs the SD 2.x VAE (4 channels, 8x). Connect the "
             "VAE output of the SD 2.1 checkpoint loader.")
     pixels = pad_bottom_right(rgb, 64 if padding == "64" else 8)
-    latent = vae.encode(pixels.movedim(1, -1)).float().cpu()
+    if tile_size is None:
+        latent = vae.encode(pixels.movedim(1, -1)).float().cpu()
+    else:
+        from . import tiled_vae
+
+        latent = tiled_vae.encode(vae, pixels.movedim(1, -1), tile_size).float().cpu()
     if padding == "8+latent8":
         latent = pad_bottom_right(latent, 8)
     return latent * LATENT_SCALE, latent
