@@ -341,6 +341,8 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True)
     docstring). ``tile_size`` in image pixels; 0 = automatic (ComfyUI's untiled decode when the
     whole image fits in free memory)."""
     validate_tile(tile_size)
+    if not tile_size and not hasattr(vae.first_stage_model, "decoder"):
+        return vae.decode(latent)
     _check_supported(vae)
     fsm = vae.first_stage_model
     dec = fsm.decoder
@@ -393,6 +395,8 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True)
     """Unscaled LATENT samples [B, 4, H/8, W/8] (posterior mode, as ComfyUI's VAE.encode) from IMAGE
     [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic."""
     validate_tile(tile_size)
+    if not tile_size and not hasattr(vae.first_stage_model, "encoder"):
+        return vae.encode(pixels)
     _check_supported(vae)
     pixels = vae.vae_encode_crop_pixels(pixels)[..., :3]
     b, h, w, _ = pixels.shape
