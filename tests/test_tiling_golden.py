@@ -8,6 +8,7 @@ Sampling (512 / 256) -> CFGGuider -> SamplerCustomAdvanced (seed 231, the offici
 VAEDecode; node classes called in process."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,12 @@ def test_official_run_tiles_as_we_do(comfy):
     assert shapes == [[1, 4, 64, 64]] * (len(windows) * 2 * int(meta["steps"]))
 
 
-@pytest.mark.parametrize("name, tile_batch", [("run_v2_spaced_tiled", 1), ("run_v21_edm_euler_tiled", 4)])
+SLOW = pytest.mark.skipif(not os.environ.get("DIFFBIR_SLOW_TESTS"), reason=(
+    "a second whole 576 x 576 tiled run (several minutes on 2 CPU cores); set DIFFBIR_SLOW_TESTS=1"))
+
+
+@pytest.mark.parametrize("name, tile_batch", [("run_v2_spaced_tiled", 4),
+                                              pytest.param("run_v21_edm_euler_tiled", 1, marks=SLOW)])
 def test_tiled_run_matches_the_official(comfy, models, name, tile_batch):
     g, meta = golden(name)
     ours, condition = run_ours(comfy, models, meta, tile_batch)
