@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child(size: int, steps: int, tile: int, stride: int, vae_tile: int) -> dict:
+def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: str = "all") -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     import comfy_runtime
     import model_factory
@@ -60,19 +60,32 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int) -> dict:
         pos, neg = encode.encode(clip, "a photo")[0], encode.encode(clip, "blurry")[0]
         times["load_and_prompts_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        pos, neg, latent = node("DiffBIRApplyIRControlNet").execute(pos, neg, control, vae, image, 1.0, 0.0, 1.0,
-                                                                   "noise", "8", vae_tile).result
-        times["vae_encode_s"] = time.perf_counter() - t
+        if stages == "all":
+            pos, neg, latent = node("DiffBIRApplyIRControlNet").execute(pos, neg, control, vae, image, 1.0, 0.0, 1.0,
+                                                                       "noise", "8", vae_tile).result
+            times["vae_encode_s"] = time.perf_counter() - t
+        else:  # sampling only: the condition of a quarter-size encode, upsampled to the full latent size
+            small = image.movedim(-1, 1)
+            small = torch.nn.functional.interpolate(small, size=(size // 4, size // 4), mode="bilinear")
+            pos, neg, _ = node("DiffBIRApplyIRControlNet").execute(pos, neg, control, vae, small.movedim(1, -1), 1.0,
+                                                                  0.0, 1.0, "noise", "8").result
+            applied = pos[0][1]["control"]
+            condition = torch.nn.functional.interpolate(applied.condition, size=(size // 8, size // 8),
+                                                        mode="bilinear")
+            applied.set_condition(condition, applied.strength, applied.timestep_percent_range, (size, size), "8")
+            latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
         tiled = node("DiffBIRTiledSampling").execute(model, tile, stride, 1, "gaussian").result[0]
         t = time.perf_counter()
         out = node("KSampler")().sample(tiled, 3, steps, 4.0, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
         times["sampling_s"] = time.perf_counter() - t
         times["per_step_s"] = times["sampling_s"] / steps
-        t = time.perf_counter()
-        decoded = node("DiffBIRVAEDecodeTiled").execute(vae, out, vae_tile).result[0]
-        times["vae_decode_s"] = time.perf_counter() - t
+        decoded = out["samples"]
+        if stages == "all":
+            t = time.perf_counter()
+            decoded = node("DiffBIRVAEDecodeTiled").execute(vae, out, vae_tile).result[0]
+            times["vae_decode_s"] = time.perf_counter() - t
     td = comfy_runtime.pack_module("diffbir_modules.tiled_diffusion")
-    return {"size": size, "steps": steps, "tile": tile, "stride": stride, "vae_tile": vae_tile,
+    return {"size": size, "stages": stages, "steps": steps, "tile": tile, "stride": stride, "vae_tile": vae_tile,
             "tiles_per_step": td.tile_count(size, size, tile, stride), "output": list(decoded.shape),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **times}
 
@@ -84,17 +97,21 @@ def main():
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--stride", type=int, default=256)
     parser.add_argument("--vae-tile", type=int, default=512)
+    parser.add_argument("--stages", choices=["all", "sampling"], default="all", help=(
+        "all: the whole restoration; sampling: the sampling stage alone (condition from a quarter-size encode, "
+        "upsampled), to measure tiled sampling without the VAE's time"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(args.child, args.steps, args.tile, args.stride, args.vae_tile)
+        result = child(args.child, args.steps, args.tile, args.stride, args.vae_tile, args.stages)
         print("RESULT " + json.dumps(result), flush=True)
         return
     results = []
     for size in args.sizes:
         command = [sys.executable, __file__, "--child", str(size), "--steps", str(args.steps), "--tile",
-                   str(args.tile), "--stride", str(args.stride), "--vae-tile", str(args.vae_tile)]
+                   str(args.tile), "--stride", str(args.stride), "--vae-tile", str(args.vae_tile), "--stages",
+                   args.stages]
         run = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
         if run.returncode or not lines:
