@@ -63,8 +63,11 @@ def test_automatic_decodes_untiled_when_it_fits(tv, vae, encoded):
 
 def test_tiles_split_on_latent_pixels(tv):
     assert tv._splits(320, 64) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 320)]
-    assert tv._splits(200, 64) == [(0, 48), (48, 104), (104, 152), (152, 200)]
-    assert all(a % 8 == 0 for a, _ in tv._splits(1000, 300))
+    for length, tile in ((200, 64), (1000, 300), (72, 64)):
+        parts = tv._splits(length, tile)
+        assert parts[0][0] == 0 and parts[-1][1] == length and len(parts) == -(-length // tile)
+        assert all(a % 8 == 0 and b - a <= tile for a, b in parts)
+        assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
 
 
 @pytest.mark.parametrize("tile", [32, 100, -64])
