@@ -16,6 +16,7 @@ from .sampling import (
     DiffBIRSpacedSigmas,
 )
 from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
+from .tiling import DiffBIRTiledSampling, DiffBIRVAEDecodeTiled, DiffBIRVAEEncodeTiled
 
 NODES = [
     # stage 1: degradation removal
@@ -40,6 +41,10 @@ NODES = [
     DiffBIRFaceDetectAlign,
     DiffBIRFaceParserLoader,
     DiffBIRFacePasteBack,
+    # tiling for large images
+    DiffBIRTiledSampling,
+    DiffBIRVAEEncodeTiled,
+    DiffBIRVAEDecodeTiled,
     # convenience
     DiffBIRPresetLoader,
     DiffBIRSynthesizeDegradation,
