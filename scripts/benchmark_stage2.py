@@ -234,17 +234,19 @@ class Probe:
                 return original(sampler, model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)
             probe._depth += 1
             phase = probe._begin("sampling", cfg=float(getattr(model_wrap, "cfg", float("nan"))),
-                                 steps=len(sigmas) - 1, latent_shape=list(noise.shape), step_s=[],
-                                 control_s=0.0, unet_s=0.0, model_calls=0)
-            last = [phase["_start"]["t"]]
+                                 steps=len(sigmas) - 1, latent_shape=list(noise.shape), step_s=[], step_cpu_s=[],
+                                 control_s=0.0, unet_s=0.0, control_cpu_s=0.0, unet_cpu_s=0.0, model_calls=0)
+            last = [phase["_start"]["t"], phase["_start"]["cpu"]]
 
             def timed_callback(step, x0, x, total_steps):
                 probe._sync()
-                now = time.perf_counter()
+                now, cpu = time.perf_counter(), time.process_time()
                 phase["step_s"].append(now - last[0])
+                phase["step_cpu_s"].append(cpu - last[1])
                 if callback is not None:
                     callback(step, x0, x, total_steps)
-                last[0] = time.perf_counter()  # the caller's callback (progress bar) is not a step's time
+                # the caller's callback (progress bar) is not part of a step
+                last[:] = [time.perf_counter(), time.process_time()]
 
             try:
                 samples = original(sampler, model_wrap, sigmas, extra_args, timed_callback, noise, *args, **kwargs)
@@ -263,11 +265,12 @@ class Probe:
             phase = probe._current
             if phase is None or phase.get("name") != "sampling" or probe.cuda:
                 return original(obj, *args, **kwargs)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return original(obj, *args, **kwargs)
             finally:
                 phase[key] += time.perf_counter() - start
+                phase[key.replace("_s", "_cpu_s")] += time.process_time() - cpu
                 if key == "unet_s":
                     phase["model_calls"] += 1
 
@@ -459,8 +462,9 @@ def phase(case: dict, name: str) -> dict | None:
     return next((p for p in case.get("phases", []) if p["name"] == name), None)
 
 
-def per_step(p: dict) -> float:
-    steps = p["step_s"]
+def per_step(p: dict, key: str = "step_s") -> float:
+    """Mean time of the steps after the first (the first when there is only one)."""
+    steps = p[key]
     later = steps[1:] or steps
     return sum(later) / len(later)
 
@@ -485,39 +489,58 @@ def _seconds(value) -> str:
     return f"{value:.2f}" if value is not None else "-"
 
 
+def _pair(plain: dict | None, control: dict | None, fn) -> tuple:
+    return tuple(fn(p) if p else None for p in (plain, control))
+
+
+def _ratio(a, b) -> str:
+    return f"{b / a:.2f}" if a and b else "-"
+
+
 def markdown(report: dict) -> str:
-    """The two tables of docs/benchmark_stage2.md: per step (control vs plain), and per case."""
+    """The tables of docs/benchmark_stage2.md: time per step and memory, IRControlNet vs plain; per case."""
     cases = [c for c in report["cases"] if "error" not in c]
     cuda = any("cuda_peak_allocated" in p for c in cases for p in c.get("phases", []))
-    lines = ["| size | cfg | plain s/step | IRControlNet s/step | ratio | IRControlNet share of a step "
-             "| plain peak RSS GiB (at start) | IRControlNet peak RSS GiB (at start) | ratio |"
-             + (" CUDA peak GiB plain / IRControlNet |" if cuda else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
     by_key = {(c["size"], c["control"]): c for c in cases}
+    rows = []
     for size in sorted({c["size"] for c in cases}):
         plain, control = by_key.get((size, False)), by_key.get((size, True))
         for cfg in [p["cfg"] for p in sampling_phases(control or plain)]:
             pp = next((p for p in sampling_phases(plain) if p["cfg"] == cfg), None) if plain else None
             cp = next((p for p in sampling_phases(control) if p["cfg"] == cfg), None) if control else None
-            tp, tc = (per_step(p) if p else None for p in (pp, cp))
-            ratio = f"{tc / tp:.2f}" if tp and tc else "-"
-            share = f"{cp['control_s'] / (cp['control_s'] + cp['unet_s']):.0%}" if cp and cp.get("unet_s") else "-"
-            mem = [f"{_fmt_mem(p)} ({_fmt_mem(p, 'rss_start')})" if p else "-" for p in (pp, cp)]
-            mratio = f"{cp['peak_rss'] / pp['peak_rss']:.2f}" if pp and cp else "-"
-            row = (f"| {size}² | {cfg:g} | {_seconds(tp)} | {_seconds(tc)} | {ratio} | {share} "
-                   f"| {mem[0]} | {mem[1]} | {mratio} |")
-            if cuda:
-                row += f" {_fmt_mem(pp, 'cuda_peak_allocated')} / {_fmt_mem(cp, 'cuda_peak_allocated')} |"
-            lines.append(row)
-    lines += ["", "| case | step times, s | VAE encode s (peak GiB) | VAE decode s (peak GiB) | loading peak GiB "
-              "| sampling cpu/wall | load avg (1 min) start -> end |", "|---|---|---|---|---|---|---|"]
+            rows.append((size, cfg, pp, cp))
+    lines = ["| size | cfg | plain s/step (CPU s) | IRControlNet s/step (CPU s) | ratio wall (CPU) "
+             "| IRControlNet share of model CPU time |", "|---|---|---|---|---|---|"]
+    for size, cfg, pp, cp in rows:
+        wall = _pair(pp, cp, per_step)
+        cpu = _pair(pp, cp, lambda p: per_step(p, "step_cpu_s"))
+        cells = [f"{w:.1f} ({c:.1f})" if w is not None else "-" for w, c in zip(wall, cpu)]
+        share = (f"{cp['control_cpu_s'] / (cp['control_cpu_s'] + cp['unet_cpu_s']):.0%}"
+                 if cp and cp.get("unet_cpu_s") else "-")
+        lines.append(f"| {size}² | {cfg:g} | {cells[0]} | {cells[1]} | {_ratio(*wall)} ({_ratio(*cpu)}) | {share} |")
+    lines += ["", "| size | cfg | plain GiB: at start / peak | IRControlNet GiB: at start / peak | ratio of peaks "
+              "| activations GiB (peak - start) plain / IRControlNet |" + (" CUDA peak GiB plain / IRControlNet |"
+                                                                          if cuda else ""),
+              "|---|---|---|---|---|---|" + ("---|" if cuda else "")]
+    for size, cfg, pp, cp in rows:
+        mem = [f"{_fmt_mem(p, 'rss_start')} / {_fmt_mem(p)}" if p else "-" for p in (pp, cp)]
+        act = [f"{(p['peak_rss'] - p['rss_start']) / GB:.2f}" if p else "-" for p in (pp, cp)]
+        row = (f"| {size}² | {cfg:g} | {mem[0]} | {mem[1]} | {_ratio(*_pair(pp, cp, lambda p: p['peak_rss']))} "
+               f"| {act[0]} / {act[1]} |")
+        if cuda:
+            row += f" {_fmt_mem(pp, 'cuda_peak_allocated')} / {_fmt_mem(cp, 'cuda_peak_allocated')} |"
+        lines.append(row)
+    lines += ["", "| case | step times, s (CPU s) | VAE encode s (CPU s), peak GiB | VAE decode s (CPU s), peak GiB "
+              "| loading peak GiB | sampling CPU/wall | load avg (1 min) start -> end |",
+              "|---|---|---|---|---|---|---|"]
     for c in cases:
         enc, dec = phase(c, "vae_encode"), phase(c, "vae_decode")
-        steps = "; ".join(f"cfg {p['cfg']:g}: " + ", ".join(f"{s:.1f}" for s in p["step_s"])
+        steps = "; ".join(f"cfg {p['cfg']:g}: " + ", ".join(f"{s:.1f} ({u:.1f})" for s, u in
+                                                               zip(p["step_s"], p.get("step_cpu_s", p["step_s"])))
                           for p in sampling_phases(c))
         loading = [g["peak_rss"] for g in c["gaps"] if g["before"] in ("vae_encode", "sampling")]
         util = "; ".join(f"{p['cpu_s'] / p['wall_s']:.2f}" for p in sampling_phases(c))
-        vae = [f"{p['wall_s']:.1f} ({_fmt_mem(p)})" if p else "-" for p in (enc, dec)]
+        vae = [f"{p['wall_s']:.1f} ({p['cpu_s']:.1f}), {_fmt_mem(p)}" if p else "-" for p in (enc, dec)]
         name = f"{c['size']}² {'IRControlNet' if c['control'] else 'plain'}"
         lines.append(f"| {name} | {steps} | {vae[0]} | {vae[1]} | {max(loading) / GB:.2f} | {util} "
                      f"| {c['loadavg_start'][0]:.1f} -> {c['loadavg_end'][0]:.1f} |" if loading else
@@ -540,10 +563,20 @@ def main(argv=None) -> int:
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds per case subprocess")
     parser.add_argument("--out-dir", default=str(REPO / ".cache" / "benchmark_stage2"),
                         help="where the per-case JSON and logs go")
+    parser.add_argument("--render", nargs="+", metavar="REPORT_JSON",
+                        help="print the tables of earlier runs (their report.json files, merged) and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(json.loads(args.child))
+        return 0
+    if args.render:
+        reports = [json.loads(Path(p).read_text()) for p in args.render]
+        for r in reports:
+            print(f"{r['command']}: {r['machine']['cpu_model']}, {r['machine']['cpus']} CPUs, "
+                  f"{r['started']} -> {r['finished']}, load average {r['loadavg_start']} -> {r['loadavg_end']}")
+        print()
+        print(markdown({"cases": [c for r in reports for c in r["cases"]]}))
         return 0
     report = run_all(args)
     path = Path(args.out_dir) / "report.json"
