@@ -360,7 +360,12 @@ def run_case(runtime, ckpt_name: str, irc_name: str | None, size: int, steps: in
     result["phases"] = probe.phases
     result["gaps"] = probe.gaps
     result["loadavg_end"] = list(os.getloadavg())
-    result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    # the peak of the whole graph; getrusage's ru_maxrss cannot be used where the probe reset the high-water
+    # mark (Linux derives both from the same counter)
+    result["peak_rss_graph"] = max(p["peak_rss"] for p in probe.phases + probe.gaps)
+    if not probe.meter.linux:
+        result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
+                                                                                     else 1024)
     return result
 
 
