@@ -420,6 +420,29 @@ def machine_info() -> dict:
     return info
 
 
+def watch(child: subprocess.Popen, timeout: float | None, min_available_gib: float) -> str | None:
+    """Waits for a case subprocess; stops it (and says why) past ``timeout`` seconds or when the machine's
+    available memory falls below ``min_available_gib`` (a shared machine: better a missing figure than the
+    kernel's OOM killer picking another user's process)."""
+    import psutil
+
+    start = time.monotonic()
+    low = min_available_gib * GB
+    while child.poll() is None:
+        reason = None
+        if timeout and time.monotonic() - start > timeout:
+            reason = f"stopped after {timeout:g} s (--case-timeout)"
+        elif low and psutil.virtual_memory().available < low:
+            reason = (f"stopped: the machine's available memory fell below {min_available_gib:g} GiB "
+                      "(--min-available-gib)")
+        if reason:
+            child.kill()
+            child.wait()
+            return reason
+        time.sleep(0.5)
+    return None if child.returncode == 0 else f"failed with exit code {child.returncode}"
+
+
 def run_all(args) -> dict:
     ckpt, irc = build_models(args.variant)
     device = args.device
@@ -441,11 +464,12 @@ def run_all(args) -> dict:
             print(f"[benchmark] {label}: running (load average {os.getloadavg()[0]:.1f})", flush=True)
             log = out_dir / f"case-{size}-{'control' if control else 'plain'}.log"
             with open(log, "w") as log_file:
-                code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                                       stdout=log_file, stderr=subprocess.STDOUT, timeout=args.case_timeout)
-            if code != 0:
-                print(f"[benchmark] {label}: failed with exit code {code}; see {log}", flush=True)
-                report["cases"].append({"size": size, "control": control, "error": f"exit {code}", "log": str(log)})
+                child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                                         stdout=log_file, stderr=subprocess.STDOUT)
+                error = watch(child, args.case_timeout, args.min_available_gib)
+            if error:
+                print(f"[benchmark] {label}: {error}; see {log}", flush=True)
+                report["cases"].append({"size": size, "control": control, "error": error, "log": str(log)})
                 continue
             case = json.loads(Path(spec["out"]).read_text())
             report["cases"].append(case)
@@ -566,6 +590,8 @@ def main(argv=None) -> int:
     parser.add_argument("--comfy-args", default="", help="more ComfyUI options, e.g. '--fp16-unet'")
     parser.add_argument("--control-only", action="store_true", help="skip the plain-UNet cases")
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds per case subprocess")
+    parser.add_argument("--min-available-gib", type=float, default=0.75,
+                        help="stop a case when the machine's available memory falls below this (0: never)")
     parser.add_argument("--out-dir", default=str(REPO / ".cache" / "benchmark_stage2"),
                         help="where the per-case JSON and logs go")
     parser.add_argument("--render", nargs="+", metavar="REPORT_JSON",
