@@ -42,15 +42,18 @@ def prepare_imports(argv: list[str] | None = None) -> None:
         sys.argv = saved_argv
 
 
-def start(base_directory: Path, models_dir: Path | None = None) -> dict:
+def start(base_directory: Path, models_dir: Path | None = None, cpu: bool = True,
+          extra_args: list[str] | None = None) -> dict:
+    """Starts the runtime once. ``cpu=False`` lets ComfyUI's model management pick the device (a GPU
+    where there is one); ``extra_args`` are more ComfyUI command-line options (e.g. --fp16-unet)."""
     if _state:
         return _state
     if "comfy.cli_args" in sys.modules:
         raise RuntimeError("ComfyUI was imported before comfy_runtime.start(); start the runtime first")
     root = comfy_headless.comfyui_root()
     base = comfy_headless.make_base_directory(base_directory, models_dir)
-    prepare_imports(["--cpu", "--base-directory", str(base), "--disable-all-custom-nodes",
-                     "--whitelist-custom-nodes", comfy_headless.PACK_LINK_NAME])
+    prepare_imports([*(["--cpu"] if cpu else []), "--base-directory", str(base), "--disable-all-custom-nodes",
+                     "--whitelist-custom-nodes", comfy_headless.PACK_LINK_NAME, *(extra_args or [])])
     # Order matters, as in main.py: ComfyUI's utils package before nodes.py puts comfy/ (with its
     # utils.py) first on sys.path, and the server module before the extra nodes.
     importlib.import_module("utils.extra_config")
