@@ -2,7 +2,11 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRRestorationGuidance,
+    DiffBIRGuidanceScales,
+    DiffBIRImageGrid,
 ]
