@@ -3,9 +3,32 @@ ComfyUI types. Node ids are what saved workflows store: never rename one once pu
 
 from .color_fix import DiffBIRColorFix
 from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
+from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
+from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
+from .sampling import (
+    DiffBIRConditionNoiseAugment,
+    DiffBIREDMSampler,
+    DiffBIREDMSigmas,
+    DiffBIRModelSampling,
+    DiffBIRSpacedSampler,
+    DiffBIRSpacedSigmas,
+)
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRIRControlNetLoader,
+    DiffBIRApplyIRControlNet,
+    DiffBIRCropToStage1,
+    # sampling: official schedules and samplers
+    DiffBIRModelSampling,
+    DiffBIRSpacedSigmas,
+    DiffBIRSpacedSampler,
+    DiffBIREDMSigmas,
+    DiffBIREDMSampler,
+    DiffBIRConditionNoiseAugment,
+    DiffBIRDefaultPrompts,
+    DiffBIRTextEncode,
+    # restoration guidance
     DiffBIRRestorationGuidance,
     DiffBIRGuidanceScales,
     DiffBIRImageGrid,

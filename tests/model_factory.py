@@ -190,3 +190,93 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# == IRControlNet files, LoRAs and stock ControlNets (ircontrolnet area) =========================
+IRCONTROLNET_FORMATS = ("pth", "safetensors", "state_dict", "module", "v1_full", "fp16_safetensors")
+
+
+def ircontrolnet_file(variant: str = "tiny", seed: int = 1, fmt: str = "pth") -> Path:
+    """An IRControlNet file in one of the published wrappers (same tensors for every wrapper):
+    pth: flat torch.save (v1_general.pth, v2.pth, DiffBIR_v2.1.pt); safetensors: a flat safetensors
+    copy; fp16_safetensors: the same in fp16; state_dict: {"state_dict": sd}; module: keys prefixed
+    "module." (DataParallel); v1_full: the old PyTorch-Lightning "full" checkpoint
+    ({"state_dict": control_model.* + SD-style keys, "epoch", ...})."""
+    from safetensors.torch import save_file
+
+    suffix = "safetensors" if fmt.endswith("safetensors") else ("ckpt" if fmt == "v1_full" else "pth")
+    path = CACHE / f"ircontrolnet-{variant}-seed{seed}-{fmt}-v{FACTORY_VERSION}.{suffix}"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = ircontrolnet_state_dict(variant, seed)
+    if fmt == "pth":
+        _atomic_save(lambda p: torch.save(sd, p), path)
+    elif fmt == "safetensors":
+        _atomic_save(lambda p: save_file(sd, str(p)), path)
+    elif fmt == "fp16_safetensors":
+        _atomic_save(lambda p: save_file({k: v.half() for k, v in sd.items()}, str(p)), path)
+    elif fmt == "state_dict":
+        _atomic_save(lambda p: torch.save({"state_dict": sd}, p), path)
+    elif fmt == "module":
+        _atomic_save(lambda p: torch.save({"module." + k: v for k, v in sd.items()}, p), path)
+    elif fmt == "v1_full":
+        full = {"control_model." + k: v for k, v in sd.items()}
+        # a few keys of the other parts the v1 full checkpoint carries beside the ControlNet
+        for key in ("model.diffusion_model.out.2.bias", "first_stage_model.quant_conv.bias",
+                    "cond_encoder.quant_conv.bias", "preprocess_model.conv_first.1.bias"):
+            full[key] = random_tensor(key, (4,), seed)
+        full["betas"] = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+        ckpt = {"state_dict": full, "epoch": 7, "global_step": 12000, "pytorch-lightning_version": "1.4.2",
+                "callbacks": {"ModelCheckpoint": {"best_model_score": torch.tensor(0.1), "dirpath": "logs"}},
+                "optimizer_states": [], "lr_schedulers": []}
+        _atomic_save(lambda p: torch.save(ckpt, p), path)
+    else:
+        raise ValueError(f"unknown IRControlNet file format {fmt!r}; one of {IRCONTROLNET_FORMATS}")
+    return path
+
+
+def sd2_lora_file(variant: str = "tiny", seed: int = 5, rank: int = 4) -> Path:
+    """A random LoRA (kohya "lora_unet_*" keys) on every attention projection of the SD 2.x UNet."""
+    from safetensors.torch import save_file
+
+    path = CACHE / f"lora-sd2-{variant}-seed{seed}-r{rank}-v{FACTORY_VERSION}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    for key, shape in sd2_unet_shapes(variant).items():
+        if len(shape) == 2 and any(f".{p}.weight" in "." + key for p in ("to_q", "to_k", "to_v", "to_out.0")):
+            name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+            out_f, in_f = shape
+            sd[name + ".lora_down.weight"] = random_tensor(name + "down", (rank, in_f), seed)
+            sd[name + ".lora_up.weight"] = random_tensor(name + "up", (out_f, rank), seed) * 0.5
+            sd[name + ".alpha"] = torch.tensor(float(rank))
+    _atomic_save(lambda p: save_file(sd, str(p)), path)
+    return path
+
+
+def stock_controlnet_shapes(variant: str = "tiny") -> dict:
+    """A stock (lllyasviel-style) SD 2.x ControlNet with a 3-channel image hint encoder."""
+    _, openaimodel = _comfy()
+    import comfy.cldm.cldm
+    import comfy.ops
+
+    config = {k: v for k, v in unet_config(variant).items() if k not in ("out_channels", "transformer_depth_output")}
+    with torch.device("meta"):
+        net = comfy.cldm.cldm.ControlNet(hint_channels=3, num_head_channels=64, num_heads=-1,
+                                         operations=comfy.ops.disable_weight_init, **{
+                                             k: v for k, v in config.items() if k != "num_head_channels"})
+    return shapes_of(net)
+
+
+def stock_controlnet_file(variant: str = "tiny", seed: int = 6) -> Path:
+    from safetensors.torch import save_file
+
+    path = CACHE / f"controlnet-sd2-{variant}-seed{seed}-v{FACTORY_VERSION}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = random_state_dict(stock_controlnet_shapes(variant), seed, torch.float16)
+    _atomic_save(lambda p: save_file(sd, str(p)), path)
+    return path

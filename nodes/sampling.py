@@ -1,0 +1,224 @@
+"""Sampling nodes: DiffBIR's official schedules and samplers for SamplerCustom / SamplerCustomAdvanced,
+the per-version model sampling, and condition noise augmentation."""
+
+import comfy.samplers
+import torch
+from comfy_api.latest import io
+
+from ..diffbir_modules import sampling, schedules
+
+VERSIONS = list(schedules.VERSIONS)
+VERSION_TOOLTIP = ("The DiffBIR generation the IRControlNet belongs to. v1 and v2: eps-prediction SD 2.1 base "
+                   "(v2-1_512-ema-pruned). v2.1: v-prediction with zero terminal SNR "
+                   "(sd2.1-base-zsnr-laionaes5).")
+NOISE_STREAM_TOOLTIP = (
+    "Where the per-step noise comes from. official: the seed's random stream continued after the initial noise, "
+    "as the official code's single generator (same seed and size as an official CPU run -> same noise). "
+    "official_after_noise_aug: the same after one more latent-sized draw, matching an official run with "
+    "--noise_aug > 0. comfyui: ComfyUI's usual fresh generator from the seed (its first step noise repeats the "
+    "initial noise). Changes only which random image you get, not its quality.")
+
+
+class DiffBIRModelSampling(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRModelSampling",
+            display_name="DiffBIR Model Sampling",
+            category="DiffBIR/sampling",
+            description=(
+                "Sets the model's noise schedule and prediction type to exactly what the DiffBIR version was "
+                "trained with: v1/v2 eps-prediction on SD's linear betas, v2.1 v-prediction with zero terminal "
+                "SNR. Put it between the checkpoint loader and the sampler. For v2.1 it equals the stock "
+                "ModelSamplingDiscrete (v_prediction, zsnr on); the wrong choice gives washed-out or noisy "
+                "restorations, so it matters for both fidelity and realism."),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD 2.1 base model from the checkpoint loader."),
+                io.Combo.Input("version", options=VERSIONS, default="v2.1", tooltip=VERSION_TOOLTIP),
+            ],
+            outputs=[io.Model.Output(tooltip="The same model with DiffBIR's schedule and prediction type.")],
+        )
+
+    @classmethod
+    def execute(cls, model, version) -> io.NodeOutput:
+        m = model.clone()
+        m.add_object_patch("model_sampling", sampling.make_model_sampling(version, model.model.model_config))
+        return io.NodeOutput(m)
+
+
+class DiffBIRSpacedSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRSpacedSigmas",
+            display_name="DiffBIR Spaced Sigmas",
+            category="DiffBIR/sampling",
+            description=(
+                "The timesteps of DiffBIR's official 'spaced' sampler (IDDPM respacing: 4 steps -> 999, 666, 333, 0; "
+                "50 steps -> 999, 979, 958, ... 20, 0) as SIGMAS, for DiffBIR Spaced Sampler in SamplerCustom. "
+                "More steps: more detail and realism, slower; the official v1/v2 runs use 50."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to sample (its schedule gives the sigma of each timestep)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip=(
+                    "Number of denoising steps (official v1/v2 default: 50).")),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="Decreasing sigmas at the respaced timesteps, then 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(sampling.spaced_sigmas(model.get_model_object("model_sampling"), steps))
+
+
+class DiffBIREDMSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIREDMSigmas",
+            display_name="DiffBIR EDM Sigmas",
+            category="DiffBIR/sampling",
+            description=(
+                "The sigma schedule of DiffBIR's official edm_* samplers (v2.1's default is edm_dpm++_3m_sde, 10 "
+                "steps): timesteps linspace(999, 0, steps) without 0, sigma = sqrt((1-acp)/acp) (the first forced "
+                "to 1e4 officially), then 0. With euler, heun, dpmpp_2m (and DiffBIR EDM Sampler for the noisy ones) "
+                "in SamplerCustom this reproduces the official samplers. More steps: more detail, slower."),
+            inputs=[
+                io.Model.Input("model", tooltip=(
+                    "The model to sample; its schedule (set it with DiffBIR Model Sampling) gives the sigmas.")),
+                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Number of steps (official v2.1: 10)."),
+                io.Combo.Input("first_sigma", options=list(sampling.EDM_FIRST_SIGMAS), default="auto", tooltip=(
+                    "official: the first sigma is 1e4 for every version, as officially. schedule: the model's own "
+                    "sigma at t=999 (14.6 for v1/v2). auto: official for v2.1 (v-prediction, where 1e4 stands for "
+                    "the infinite zero-terminal-SNR sigma), schedule for v1/v2, whose eps models the official 1e4 "
+                    "throws off in the first step (use official only to reproduce such a run).")),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="steps + 1 decreasing sigmas, the last 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps, first_sigma="auto") -> io.NodeOutput:
+        return io.NodeOutput(sampling.edm_sigmas(model.get_model_object("model_sampling"), steps, first_sigma))
+
+
+class DiffBIRSpacedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRSpacedSampler",
+            display_name="DiffBIR Spaced Sampler",
+            category="DiffBIR/sampling",
+            description=(
+                "DiffBIR's official 'spaced' sampler (respaced DDPM, the v1/v2 default) for SamplerCustom or "
+                "SamplerCustomAdvanced; give it DiffBIR Spaced Sigmas. Stochastic: fresh noise every step, which "
+                "adds realistic texture. Matches the official sampler step for step; restoration guidance "
+                "patches see the official posterior coefficients of each step."),
+            inputs=[
+                io.Combo.Input("noise_stream", options=list(sampling.NOISE_STREAMS), default="official",
+                               tooltip=NOISE_STREAM_TOOLTIP),
+            ],
+            outputs=[io.Sampler.Output(tooltip="The sampler, for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, noise_stream) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(sampling.sample_spaced, {"noise_stream": noise_stream}))
+
+
+class DiffBIREDMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIREDMSampler",
+            display_name="DiffBIR EDM Sampler",
+            category="DiffBIR/sampling",
+            description=(
+                "DiffBIR's official edm_* samplers (v2.1 default: dpm++_3m_sde) for SamplerCustom with DiffBIR EDM "
+                "Sigmas: ComfyUI's own k-diffusion solvers, driven with the official options, noise stream, "
+                "Brownian-tree seed and timestep lookup, so a run with the same seed and noise matches the official "
+                "one. SDE/ancestral solvers add texture (realism); euler/heun/dpm++_2m are deterministic."),
+            inputs=[
+                io.Combo.Input("solver", options=list(sampling.EDM_SOLVERS), default="dpm++_3m_sde", tooltip=(
+                    "The official --sampler without 'edm_'. dpm++_3m_sde is the v2.1 default.")),
+                io.Combo.Input("noise_stream", options=list(sampling.NOISE_STREAMS), default="official",
+                               tooltip=NOISE_STREAM_TOOLTIP + " For SDE solvers the stream gives the Brownian "
+                               "tree's seed (one randint draw), as officially."),
+                io.Combo.Input("timestep_lookup", options=list(sampling.TIMESTEP_LOOKUPS), default="official_edm",
+                               tooltip=(
+                                   "official_edm: each evaluation uses the timestep of the nearest sigma of this "
+                                   "run's schedule, as the official EDM denoiser (needs DiffBIR Model Sampling). "
+                                   "nearest_1000: ComfyUI's nearest of the 1000 training timesteps. They differ "
+                                   "only for dpm_2, dpm_2_a, dpm++_2s_a and dpm++_sde (mid-step evaluations).")),
+                io.Float.Input("eta", default=1.0, min=0.0, max=100.0, step=0.01, tooltip=(
+                    "Noise added by ancestral/SDE solvers (official --eta 1). 0 makes them deterministic "
+                    "(smoother, less texture).")),
+                io.Float.Input("s_noise", default=1.0, min=0.0, max=100.0, step=0.01, tooltip=(
+                    "Scale of that noise (official --s_noise 1).")),
+                io.Float.Input("s_churn", default=0.0, min=0.0, max=100.0, step=0.01, tooltip=(
+                    "Extra noise of euler/heun/dpm_2 (official --s_churn 0). Above 0 it comes from torch's global "
+                    "generator, not from the seed.")),
+                io.Float.Input("s_tmin", default=0.0, min=0.0, max=10000.0, step=0.01, tooltip=(
+                    "Lowest sigma s_churn applies to (official --s_tmin 0).")),
+                io.Float.Input("s_tmax", default=300.0, min=0.0, max=10000.0, step=0.01, tooltip=(
+                    "Highest sigma s_churn applies to (official --s_tmax 300).")),
+                io.Int.Input("order", default=1, min=1, max=4, tooltip="Order of the lms solver (official --order 1)."),
+            ],
+            outputs=[io.Sampler.Output(tooltip="The sampler, for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, solver, noise_stream, timestep_lookup, eta, s_noise, s_churn, s_tmin, s_tmax,
+                order) -> io.NodeOutput:
+        options = dict(solver=solver, noise_stream=noise_stream, timestep_lookup=timestep_lookup, eta=eta,
+                       s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, order=order)
+        return io.NodeOutput(comfy.samplers.KSAMPLER(sampling.sample_edm_official, options))
+
+
+class DiffBIRConditionNoiseAugment(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRConditionNoiseAugment",
+            display_name="DiffBIR Condition Noise Augmentation",
+            category="DiffBIR/conditioning",
+            description=(
+                "The official --noise_aug: noises the IRControlNet condition latent to diffusion timestep N "
+                "(q_sample) in both positive and negative conditioning (the same noisy tensor, as officially). "
+                "v2.1 was trained with such noise (up to 200), so a little lets the model ignore stage-1 "
+                "artefacts: more realism and freedom, less fidelity to the stage-1 image. 0 = off (official default)."),
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Positive conditioning carrying the DiffBIR IRControlNet."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning carrying the same IRControlNet."),
+                io.Model.Input("model", tooltip=(
+                    "The model to sample; its schedule gives the noise level of timestep N.")),
+                io.Int.Input("noise_aug", default=0, min=0, max=999, tooltip=(
+                    "Timestep N of the noise (official --noise_aug). Higher: the condition is trusted less.")),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, tooltip=(
+                    "Seed of the noise. With official_order and the sampler's seed it reproduces an official run.")),
+                io.Boolean.Input("official_order", default=True, tooltip=(
+                    "On: the noise is the second latent-sized draw of the seed's stream (the official run draws the "
+                    "initial noise first, then this); use the sampler's seed here and the sampler's "
+                    "official_after_noise_aug stream. Off: the first draw of the seed.")),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="Positive with the noised condition."),
+                io.Conditioning.Output(display_name="negative", tooltip="Negative with the same noised condition."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, model, noise_aug, seed, official_order) -> io.NodeOutput:
+        if noise_aug <= 0:
+            return io.NodeOutput(positive, negative)
+        acp = sampling.training_alphas_cumprod(model.get_model_object("model_sampling"))
+
+        def noise_for(latent):
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            if official_order:
+                torch.randn(tuple(latent.shape), dtype=torch.float32, generator=generator)
+            return torch.randn(tuple(latent.shape), dtype=torch.float32, generator=generator)
+
+        (pos, neg), count = sampling.augment_condition([positive, negative], noise_aug, acp, noise_for)
+        if count == 0:
+            raise ValueError("no DiffBIR IRControlNet found in the conditioning: connect this node after "
+                             "'DiffBIR Apply IRControlNet' (it noises the IRControlNet's condition latent)")
+        return io.NodeOutput(pos, neg)

@@ -1,0 +1,224 @@
+"""Whole official runs reproduced in ComfyUI (tests/golden/samplers/run_*.safetensors, made by
+tools/goldens/make_samplers.py with the official Pipeline.apply_cldm on the small random SD 2.x
+checkpoint + model_factory's random IRControlNet, right after torch.manual_seed(231)).
+
+Our side is the graph a user builds: CheckpointLoaderSimple -> DiffBIR Model Sampling ->
+DiffBIR Text Encode (x2) -> [DiffBIR Apply IRControlNet] -> CFGGuider -> SamplerCustomAdvanced
+(RandomNoise seed 231, DiffBIR Spaced/EDM Sampler, DiffBIR Spaced/EDM Sigmas) -> VAEDecode ->
+DiffBIR Colour Fix, node classes called in process. Control strength 0 is the pure UNet (sampler,
+schedule, text path); strength 1 adds the IRControlNet."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import install_model
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import model_factory
+
+GOLDEN = Path(__file__).parent / "golden" / "samplers"
+LATENT_SCALE = 0.18215
+RESULTS = {}  # name -> measured max abs differences, printed at the end of the module
+
+
+def golden(name):
+    path = GOLDEN / f"{name}.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(path)), meta
+
+
+@pytest.fixture(scope="module")
+def models(comfy):
+    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("small"))
+    irc_name = install_model("diffbir", model_factory.ircontrolnet_file("small", 1, "safetensors"))
+    with torch.inference_mode():
+        model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(ckpt)
+    return {"model": model, "clip": clip, "vae": vae, "irc_name": irc_name}
+
+
+def node(comfy, name, *args):
+    cls = comfy.node_class(name)
+    with torch.inference_mode():
+        if hasattr(cls, "define_schema"):
+            return cls.execute(*args).result
+        instance = cls()
+        return getattr(instance, cls.FUNCTION)(*args)
+
+
+def encode(comfy, models, text):
+    """DiffBIR Text Encode, once per prompt for the whole module (the text encoder is the slow part)."""
+    cache = models.setdefault("encoded", {})
+    if text not in cache:
+        cache[text] = node(comfy, "DiffBIRTextEncode", models["clip"], text, True, False)[0]
+    return cache[text]
+
+
+def run_graph(comfy, models, meta, strength, sampler, sigmas_node, noise=None, noise_aug_stream=False):
+    version = meta["version"]
+    model = node(comfy, "DiffBIRModelSampling", models["model"], version)[0]
+    pos, neg = encode(comfy, models, meta["positive"]), encode(comfy, models, meta["negative"])
+    g, _ = golden_cache[meta["name"]]
+    image = g["cond_img"].movedim(1, -1)
+    if strength > 0:
+        irc = node(comfy, "DiffBIRIRControlNetLoader", models["irc_name"], version)[0]
+        pos, neg, latent = node(comfy, "DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image, strength)
+    else:
+        latent = node(comfy, "EmptyLatentImage", image.shape[2], image.shape[1], 1)[0]
+    seed = int(meta["seed"])
+    if int(meta["noise_aug"]) > 0:
+        pos, neg = node(comfy, "DiffBIRConditionNoiseAugment", pos, neg, model, int(meta["noise_aug"]), seed, True)
+    guider = node(comfy, "CFGGuider", model, pos, neg, float(meta["cfg"]))[0]
+    sigmas = sigmas_node(model)
+    noise = noise if noise is not None else node(comfy, "RandomNoise", seed)[0]
+    out = node(comfy, "SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
+    decoded = node(comfy, "VAEDecode", models["vae"], out)[0]
+    fixed = node(comfy, "DiffBIRColorFix", decoded, image, "wavelet")[0]
+    with torch.inference_mode():
+        raw = models["vae"].first_stage_model.decode(out["samples"].to(models["vae"].vae_dtype)).float()
+    return {"z": out["samples"] * LATENT_SCALE, "decoded": decoded, "fixed": fixed, "raw_decoded": raw}
+
+
+golden_cache = {}
+
+
+def load_run(name):
+    if name not in golden_cache:
+        g, meta = golden(name)
+        meta["name"] = name
+        golden_cache[name] = (g, meta)
+    return golden_cache[name]
+
+
+def compare(comfy, name, strength, ours, g):
+    """Max abs differences: latent; decoded image (ComfyUI's VAEDecode clamps to [0, 1]); colour-fixed
+    image (ours from the clamped decode, official from its unclamped decode, both clamped at the end
+    as the official uint8 conversion does); and the same pipeline without VAEDecode's clamp."""
+    color_fix = comfy.pack_module("diffbir_modules.color_fix")
+    tag = f"s{int(strength)}"
+    official_z = g[f"z_{tag}"]
+    official_decoded = g[f"decoded_{tag}"]
+    official_img = ((official_decoded + 1) / 2).clamp(0, 1).movedim(1, -1)
+    official_fixed_clamped_input = color_fix.wavelet_color_fix(official_img.movedim(-1, 1), g["cond_img"])
+    diffs = {
+        "latent": (ours["z"] - official_z).abs().max().item(),
+        "latent_rel": ((ours["z"] - official_z).abs().max() / official_z.abs().max()).item(),
+        "decoded": (ours["decoded"] - official_img).abs().max().item(),
+        "decoded_unclamped": (ours["raw_decoded"] - official_decoded).abs().max().item(),
+        "color_fixed": (ours["fixed"] - official_fixed_clamped_input.clamp(0, 1).movedim(1, -1)).abs().max().item(),
+        "color_fixed_vs_official_final": (ours["fixed"] - g[f"color_fixed_{tag}"].clamp(0, 1).movedim(1, -1)
+                                          ).abs().max().item(),
+        "color_fixed_unclamped_decode": (
+            color_fix.wavelet_color_fix((ours["raw_decoded"] + 1) / 2, g["cond_img"]) - g[f"color_fixed_{tag}"]
+        ).abs().max().item(),
+    }
+    RESULTS[f"{name} strength {strength:g}"] = diffs
+    print(f"{name} strength {strength:g}: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    return diffs
+
+
+def assert_parity(diffs, latent_tolerance=1e-4):
+    assert diffs["latent"] < latent_tolerance or diffs["latent_rel"] < 1e-5
+    assert diffs["decoded"] < 1e-4
+    assert diffs["decoded_unclamped"] < 1e-4
+    assert diffs["color_fixed"] < 1e-4
+    assert diffs["color_fixed_unclamped_decode"] < 1e-4
+
+
+def spaced_sigmas(comfy, steps):
+    return lambda model: node(comfy, "DiffBIRSpacedSigmas", model, steps)[0]
+
+
+def edm_sigmas(comfy, steps, first="official"):
+    return lambda model: node(comfy, "DiffBIREDMSigmas", model, steps, first)[0]
+
+
+def edm_sampler(comfy, solver, stream="official"):
+    return node(comfy, "DiffBIREDMSampler", solver, stream, "official_edm", 1.0, 1.0, 0.0, 0.0, 300.0, 1)[0]
+
+
+def test_golden_ircontrolnet_is_model_factory_small():
+    _, meta = load_run("run_v2_spaced")
+    shapes = {k: tuple(v) for k, v in json.loads(meta["controlnet_shapes"]).items()}
+    assert shapes == model_factory.ircontrolnet_shapes("small")
+
+
+def test_v2_spaced_run(comfy, models):
+    """v2: eps, spaced sampler, 4 steps, cfg 4, '' / the v2 negative prompt, seed 231, strength 0 (the
+    pure UNet). The official draws are exactly our seed's stream."""
+    g, meta = load_run("run_v2_spaced")
+    stream = torch.Generator().manual_seed(int(meta["seed"]))
+    assert all(torch.equal(torch.randn(tuple(d.shape), generator=stream), d) for d in g["draws"])
+    sampler = node(comfy, "DiffBIRSpacedSampler", "official")[0]
+    ours = run_graph(comfy, models, meta, 0.0, sampler, spaced_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2 spaced", 0.0, ours, g))
+
+
+def test_v2_spaced_run_with_injected_official_noise(comfy, models):
+    """Strength 1, with the official recorded draws injected instead of the seed: the initial noise
+    through a NOISE object, the step noise through the sampler's noise_sampler option."""
+    import comfy.samplers as samplers
+
+    g, meta = load_run("run_v2_spaced")
+    draws = list(g["draws"])
+
+    class RecordedNoise:
+        seed = 0
+
+        def generate_noise(self, latent):
+            return draws[0].clone()
+
+    queue = list(draws[1:])
+    sampling = comfy.pack_module("diffbir_modules.sampling")
+    sampler = samplers.KSAMPLER(sampling.sample_spaced, {"noise_sampler": lambda s, sn: queue.pop(0).clone()})
+    ours = run_graph(comfy, models, meta, 1.0, sampler, spaced_sigmas(comfy, 4), noise=RecordedNoise())
+    assert not queue
+    assert_parity(compare(comfy, "v2 spaced (injected noise)", 1.0, ours, g))
+
+
+def test_v21_edm_euler_run(comfy, models):
+    """v2.1: v-prediction with zero terminal SNR, edm_euler, 4 steps, cfg 6, the default prompts,
+    strength 0."""
+    g, meta = load_run("run_v21_edm_euler")
+    ours = run_graph(comfy, models, meta, 0.0, edm_sampler(comfy, "euler"), edm_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 edm_euler", 0.0, ours, g))
+
+
+def test_v21_edm_euler_with_the_stock_euler_sampler(comfy, models):
+    """Strength 1. The deterministic solvers need nothing of ours but the sigmas: stock KSamplerSelect
+    euler."""
+    g, meta = load_run("run_v21_edm_euler")
+    sampler = node(comfy, "KSamplerSelect", "euler")[0]
+    ours = run_graph(comfy, models, meta, 1.0, sampler, edm_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 stock euler + EDM sigmas", 1.0, ours, g))
+
+
+def test_v21_default_sampler_run(comfy, models):
+    """v2.1's default edm_dpm++_3m_sde (Brownian tree seeded from the seed's stream), with a caption
+    that makes the positive prompt longer than 77 tokens (truncated as officially)."""
+    g, meta = load_run("run_v21_edm_dpmpp_3m_sde")
+    stream = torch.Generator().manual_seed(int(meta["seed"]))
+    torch.randn(tuple(g["draws"][0].shape), generator=stream)
+    assert int(torch.randint(0, 2**63 - 1, (), generator=stream)) == int(g["randint"][0])
+    ours = run_graph(comfy, models, meta, 1.0, edm_sampler(comfy, "dpm++_3m_sde"), edm_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 edm_dpm++_3m_sde", 1.0, ours, g))
+
+
+def test_v21_noise_aug_run(comfy, models):
+    """--noise_aug 200: the condition noised in the official order (second draw of the seed) and the
+    sampler's stream after it."""
+    g, meta = load_run("run_v21_noise_aug")
+    ours = run_graph(comfy, models, meta, 1.0, edm_sampler(comfy, "euler", "official_after_noise_aug"),
+                     edm_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 noise_aug 200", 1.0, ours, g))
+
+
+def test_print_summary():
+    for name, diffs in RESULTS.items():
+        print(f"{name}: latent {diffs['latent']:.1e} (relative {diffs['latent_rel']:.1e}), decoded "
+              f"{diffs['decoded']:.1e}, colour-fixed {diffs['color_fixed']:.1e}, vs official final "
+              f"{diffs['color_fixed_vs_official_final']:.1e}, "
+              f"unclamped pipeline {diffs['color_fixed_unclamped_decode']:.1e}")
