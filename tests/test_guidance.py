@@ -154,3 +154,161 @@ def test_one_step_matches_official(gm, tiny, case):
         assert not queue, "not every official posterior draw was used"
         assert err <= 2e-4 * max(1.0, float(moved)), (case, index, float(err), float(moved))
         assert math.isclose(rg.last_losses[-1][1], float(g[f"index{index}_loss"]), rel_tol=1e-4)
+
+
+# == the patch in real samplers =======================================================================
+def _image(size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear").movedim(1, -1).contiguous()
+
+
+def _node(comfy, name, *args, **kwargs):
+    cls = comfy.node_class(name)
+    with torch.inference_mode():
+        if hasattr(cls, "define_schema"):
+            return cls.execute(*args, **kwargs).result
+        return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+
+
+_TEXT = {}
+
+
+def _ksample(comfy, model, clip, latent, sampler="euler", steps=3, seed=3):
+    if "" not in _TEXT:  # the CLIP-H text encoder is the slow part on CPU: encode once
+        _TEXT[""] = _node(comfy, "CLIPTextEncode", clip, "")[0]
+    pos = _TEXT[""]
+    return _node(comfy, "KSampler", model, seed, steps, 1.0, sampler, "normal", pos, pos, latent, 1.0)[0]["samples"]
+
+
+def test_scale_zero_is_exactly_unguided(comfy, tiny):
+    model, clip, vae = tiny
+    patched = _node(comfy, "DiffBIRRestorationGuidance", model, vae, _image(), scale=0.0)[0]
+    assert not patched.model_options.get("sampler_post_cfg_function")
+    latent = {"samples": torch.zeros(1, 4, 4, 4)}
+    plain = _ksample(comfy, model, clip, latent)
+    zero = _ksample(comfy, patched, clip, latent)
+    guided = _ksample(comfy, _node(comfy, "DiffBIRRestorationGuidance", model, vae, _image(), scale=0.5)[0], clip,
+                      latent)
+    assert torch.equal(plain, zero)
+    assert (guided - plain).abs().max() > 1e-3
+
+
+def test_nan_target_is_refused(comfy, tiny):
+    model, _, vae = tiny
+    image = _image()
+    image[0, 3, 5, 1] = float("nan")
+    gm = comfy.pack_module("diffbir_modules.guidance")
+    with pytest.raises(gm.GuidanceError, match="NaN"):
+        _node(comfy, "DiffBIRRestorationGuidance", model, vae, image, scale=0.1)
+
+
+def test_target_of_another_size(comfy, tiny, sd2_tiny):
+    """Up to 63 px smaller than the latent (the official padding): padded with zeros; otherwise a
+    clear error from the sampler node, through ComfyUI's executor."""
+    model, clip, vae = tiny
+    padded = _node(comfy, "DiffBIRRestorationGuidance", model, vae, _image(24), scale=0.1, space="latent")[0]
+    out = _ksample(comfy, padded, clip, {"samples": torch.zeros(1, 4, 4, 4)}, steps=2)
+    assert torch.isfinite(out).all()
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd2_tiny}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x808080}},
+        "3": {"class_type": "DiffBIRRestorationGuidance",
+              "inputs": {"model": ["1", 0], "vae": ["1", 2], "image": ["2", 0], "scale": 0.1, "loss": "w_mse",
+                         "space": "latent", "start_percent": 0.0, "end_percent": 1.0, "repeat": 1,
+                         "latent_target": "mode", "reference_steps": 50, "rgb_memory": "checkpoint"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "normal",
+                                                   "positive": ["4", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "denoise": 1.0}},
+    }
+    with pytest.raises(comfy.PromptError, match=r"latent is for a 128x128 image but the target .* is 32x32"):
+        comfy.run_prompt(prompt, outputs=["6"])
+
+
+def test_window_contract_slices_the_full_target(gm, tiny):
+    """A tiled wrapper that evaluates windows passes diffbir_window: the guided window equals the
+    full-image guidance restricted to that window (latent space: exact)."""
+    model, _, vae = tiny
+    config = gm.GuidanceConfig(scale=0.3, loss="w_mse", space="latent", reference_steps=0)
+    rg = gm.RestorationGuidance(vae, _image(64).movedim(-1, 1), config)
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    step = {"t": 500, "posterior_mean_coef1": 0.25}
+
+    def guided(denoised, window=None):
+        options = {"diffbir_step": step}
+        if window:
+            options["diffbir_window"] = window
+        args = {"denoised": denoised, "sigma": torch.tensor([1.0]), "model": model.model,
+                "model_options": {"transformer_options": options}}
+        with torch.inference_mode():
+            return rg.post_cfg(args)
+
+    full = guided(x0)
+    part = guided(x0[..., 2:6, 3:8].clone(), {"top": 2, "left": 3, "height": 8, "width": 8})
+    assert (full - x0).abs().max() > 1e-3
+    assert torch.allclose(part, full[..., 2:6, 3:8], atol=1e-6)
+
+
+def test_rgb_memory_modes(gm, tiny):
+    """checkpoint == full exactly; tiled with one tile == full; several tiles: finite, non-zero; the
+    VAE's own weights and forwards are put back afterwards."""
+    model, _, vae = tiny
+    x0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    image = _image(32).movedim(-1, 1)
+    deltas = {}
+    for name, memory, tile in (("full", "full", 32), ("checkpoint", "checkpoint", 32), ("one_tile", "tiled", 32),
+                               ("tiles", "tiled", 8)):
+        config = gm.GuidanceConfig(scale=0.5, loss="w_mse", space="rgb", rgb_memory=memory, rgb_tile=tile,
+                                   rgb_tile_margin=2)
+        rg = gm.RestorationGuidance(vae, image, config)
+        with torch.inference_mode():
+            deltas[name], _ = rg.delta(x0, model.model, None, {}, rg._new_run())
+    assert torch.equal(deltas["full"], deltas["checkpoint"])
+    assert torch.allclose(deltas["one_tile"], deltas["full"], rtol=1e-4, atol=1e-6 * deltas["full"].abs().max())
+    assert torch.isfinite(deltas["tiles"]).all() and deltas["tiles"].abs().max() > 0
+    decoder = vae.first_stage_model.decoder
+    assert decoder.conv_in.weight.is_inference()
+    assert not any("forward" in m.__dict__ for m in decoder.modules())
+
+
+# == the sweep ========================================================================================
+def test_scales_and_grid_nodes(comfy, sd2_tiny):
+    """Guidance Scales -> Restoration Guidance (scale linked: one model per scale) -> KSampler ->
+    VAE Decode -> Image Grid, executed by ComfyUI (list outputs map over the chain)."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd2_tiny}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x3060A0}},
+        "s": {"class_type": "DiffBIRGuidanceScales", "inputs": {"scales": "0, 0.5"}},
+        "3": {"class_type": "DiffBIRRestorationGuidance",
+              "inputs": {"model": ["1", 0], "vae": ["1", 2], "image": ["2", 0], "scale": ["s", 0], "loss": "mse",
+                         "space": "latent", "start_percent": 0.0, "end_percent": 1.0, "repeat": 1,
+                         "latent_target": "mode", "reference_steps": 50, "rgb_memory": "checkpoint"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "normal",
+                                                   "positive": ["4", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "DiffBIRImageGrid", "inputs": {"images": ["7", 0], "labels": ["s", 1], "columns": 0}},
+    }
+    out = comfy.run_prompt(prompt, outputs=["8", "7"])
+    grid = out["8"][0]
+    decoded = out["7"][0]
+    assert isinstance(decoded, list) and len(decoded) == 2
+    assert (decoded[0] - decoded[1]).abs().max() > 1e-3  # scale 0 vs 0.5 differ
+    strip = grid.shape[1] - 32
+    assert grid.shape[0] == 1 and grid.shape[2] == 2 * 32 + 4 and 10 <= strip <= 48
+    assert torch.allclose(grid[0, strip:, :32], decoded[0][0], atol=1 / 255)  # cell 1 is the first image
+    assert grid[0, :strip, :32].std() > 0  # the label was drawn
+
+
+def test_parse_scales(comfy):
+    sweep = comfy.pack_module("diffbir_modules.sweep")
+    assert sweep.parse_scales("0, 0.05 0.1;1e-3") == [0.0, 0.05, 0.1, 0.001]
+    for bad in ("", "0, x", "-1", "nan"):
+        with pytest.raises(ValueError):
+            sweep.parse_scales(bad)
