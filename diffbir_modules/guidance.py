@@ -55,7 +55,7 @@ PAD_MULTIPLE = 64  # official: the stage-1 image (and so the target) is zero-pad
 LATENT_FACTOR = 8  # SD VAE: 8 pixels per latent cell
 GRAY = (0.2989, 0.5870, 0.1140)  # official rgb -> gray weights
 RUN_KEY = "diffbir_guidance_runs"
-WINDOW_KEY = "diffbir_window"
+WINDOW_KEY = "diffbir_window"  # the pack's tiling convention (tiled_diffusion.py)
 STEP_KEY = "diffbir_step"
 
 
@@ -516,27 +516,55 @@ class RestorationGuidance:
             return denoised
         with torch.inference_mode(False), torch.no_grad():
             x0 = denoised.detach().clone()
-            window = transformer_options.get(WINDOW_KEY)
             if isinstance(factor, torch.Tensor):
                 factor = factor.to(x0.device)
+            parts = self._windows(x0, transformer_options)
             losses = []
             for _ in range(self.config.repeat):
-                delta, loss = self.delta(x0, model, window, transformer_options, run)
+                deltas, loss = [], 0.0
+                for rows, window in parts:
+                    delta, part_loss = self.delta(x0[rows], model, window, transformer_options, run)
+                    deltas.append(delta)
+                    loss += part_loss
                 losses.append(loss)
+                delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas)
                 x0 = x0 + delta.to(x0.dtype) * factor
             run["losses"].append((t, sum(losses) / len(losses)))
         return x0
 
+    @staticmethod
+    def _windows(x0: torch.Tensor, transformer_options: dict) -> list[tuple[slice, tuple | None]]:
+        """(batch rows, latent window) pairs of this evaluation. Normally one pair covering the whole
+        latent (guidance runs after CFG on the full latent, also under DiffBIR's tiled sampling). A
+        wrapper that calls the sampling function per window passes the pack's tiling convention:
+        ``diffbir_window`` = (y0, y1, x0, x1) in latent pixels, or a list of them for windows stacked
+        along the batch, with ``diffbir_tiles["latent_shape"]`` the full latent's shape."""
+        window = transformer_options.get(WINDOW_KEY)
+        if window is None:
+            return [(slice(None), None)]
+        tiles = transformer_options.get("diffbir_tiles") or {}
+        shape = tiles.get("latent_shape")
+        if shape is None:
+            raise GuidanceError("restoration guidance: diffbir_window without diffbir_tiles['latent_shape'] (the "
+                                "full latent's shape); a windowing wrapper must pass both")
+        full = (int(shape[-2]), int(shape[-1]))
+        windows = [window] if len(window) == 4 and all(isinstance(v, int) for v in window) else list(window)
+        if x0.shape[0] % len(windows):
+            raise GuidanceError(f"restoration guidance: {len(windows)} windows for a batch of {x0.shape[0]}")
+        per = x0.shape[0] // len(windows)
+        return [(slice(i * per, (i + 1) * per), (*(int(v) for v in w), *full)) for i, w in enumerate(windows)]
+
     # -- one gradient step ------------------------------------------------------------------------
     def _locate(self, x0: torch.Tensor, window) -> tuple[Target, tuple[int, int, int, int], float]:
         """The target for x0's full image, x0's latent region inside it and the loss normaliser
-        (x0's share of the full image: 1 unless a tiled wrapper evaluates windows)."""
+        (x0's share of the full image: 1 unless a wrapper evaluates windows)."""
         h, w = x0.shape[-2:]
-        if window:
-            full_h, full_w = int(window["height"]), int(window["width"])
-            top, left = int(window["top"]), int(window["left"])
-            if top < 0 or left < 0 or top + h > full_h or left + w > full_w:
-                raise GuidanceError(f"restoration guidance: window {dict(window)} does not fit a {h}x{w} latent")
+        if window is not None:
+            y0, y1, x_0, x_1, full_h, full_w = window
+            if (y1 - y0, x_1 - x_0) != (h, w) or y0 < 0 or x_0 < 0 or y1 > full_h or x_1 > full_w:
+                raise GuidanceError(f"restoration guidance: window {window[:4]} of a {full_h}x{full_w} latent does "
+                                    f"not match a {h}x{w} evaluation")
+            top, left = y0, x_0
         else:
             full_h, full_w, top, left = h, w, 0, 0
         target = self.target(full_h * LATENT_FACTOR, full_w * LATENT_FACTOR)

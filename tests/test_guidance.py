@@ -229,8 +229,10 @@ def test_target_of_another_size(comfy, tiny, sd2_tiny):
 
 
 def test_window_contract_slices_the_full_target(gm, tiny):
-    """A tiled wrapper that evaluates windows passes diffbir_window: the guided window equals the
-    full-image guidance restricted to that window (latent space: exact)."""
+    """A wrapper that calls the sampling function per window passes the pack's tiling convention
+    (diffbir_window = (y0, y1, x0, x1), or a list for windows stacked along the batch, and
+    diffbir_tiles["latent_shape"]): the guided window equals the full-image guidance restricted to
+    that window (latent space: exact)."""
     model, _, vae = tiny
     config = gm.GuidanceConfig(scale=0.3, loss="w_mse", space="latent", reference_steps=0)
     rg = gm.RestorationGuidance(vae, _image(64).movedim(-1, 1), config)
@@ -241,15 +243,22 @@ def test_window_contract_slices_the_full_target(gm, tiny):
         options = {"diffbir_step": step}
         if window:
             options["diffbir_window"] = window
+            options["diffbir_tiles"] = {"windows": window, "latent_shape": tuple(x0.shape)}
         args = {"denoised": denoised, "sigma": torch.tensor([1.0]), "model": model.model,
                 "model_options": {"transformer_options": options}}
         with torch.inference_mode():
             return rg.post_cfg(args)
 
     full = guided(x0)
-    part = guided(x0[..., 2:6, 3:8].clone(), {"top": 2, "left": 3, "height": 8, "width": 8})
     assert (full - x0).abs().max() > 1e-3
+    part = guided(x0[..., 2:6, 3:8].clone(), (2, 6, 3, 8))
     assert torch.allclose(part, full[..., 2:6, 3:8], atol=1e-6)
+    stacked = torch.cat([x0[..., 0:4, 0:4], x0[..., 4:8, 4:8]])
+    both = guided(stacked, [(0, 4, 0, 4), (4, 8, 4, 8)])
+    assert torch.allclose(both[0], full[0, :, 0:4, 0:4], atol=1e-6)
+    assert torch.allclose(both[1], full[0, :, 4:8, 4:8], atol=1e-6)
+    with pytest.raises(gm.GuidanceError, match="does not match"):
+        guided(x0[..., 2:6, 3:8].clone(), (2, 6, 3, 9))
 
 
 def test_rgb_memory_modes(gm, tiny):
