@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from guidance_setup import Runner, degraded_photo, psnr
 from safetensors.torch import load_file
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "guidance"
@@ -20,12 +21,17 @@ def gm(comfy):
 
 
 @pytest.fixture(scope="module")
-def tiny(comfy, sd2_tiny):
-    """(model, clip, vae) of the tiny random SD 2.x checkpoint. Its VAE is the small checkpoint's VAE
-    (model_factory draws every tensor from (seed, key)), which the goldens used."""
-    out = comfy.run_prompt({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd2_tiny}}},
-                           outputs=["1"])
-    return out["1"]
+def runner(comfy):
+    """The stage-2 graph on the tiny random models (tests/guidance_setup.py)."""
+    return Runner(comfy)
+
+
+@pytest.fixture(scope="module")
+def tiny(runner):
+    """(model, clip, vae) of the tiny random SD 2.x checkpoint (model with DiffBIR Model Sampling v2).
+    Its VAE is the small checkpoint's VAE (model_factory draws every tensor from (seed, key)), which
+    the goldens used."""
+    return runner.model, runner.clip, runner.vae
 
 
 def _golden(name):
@@ -321,3 +327,17 @@ def test_parse_scales(comfy):
     for bad in ("", "0, x", "-1", "nan"):
         with pytest.raises(ValueError):
             sweep.parse_scales(bad)
+
+
+# == fidelity rises with the scale ======================================================================
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["spaced (official)", "euler / normal"])
+def test_fidelity_rises_with_scale_rgb(runner, sampler):
+    """A degraded scikit-image photo as the stage-1 image, the full stage-2 graph with random tiny
+    weights: PSNR(output, stage-1) rises strictly over 5 scales (rgb space, the paper's formula;
+    scripts/guidance_fidelity.py prints the larger tables of docs/guidance.md)."""
+    _, stage1 = degraded_photo(32)
+    scales = (0.0, 0.3, 1.0, 3.0, 10.0)
+    values = [psnr(runner.restore(stage1, s, sampler, 3, space="rgb", loss="w_mse"), stage1) for s in scales]
+    print(f"rgb {sampler}: " + ", ".join(f"{s:g}: {v:.2f} dB" for s, v in zip(scales, values)))
+    assert all(b > a for a, b in zip(values, values[1:])), values
