@@ -39,6 +39,7 @@ from .nodes import NODES  # noqa: E402
 # UpscaleModelLoader.
 MODEL_FOLDERS = {
     "diffbir": {".pth", ".pt", ".ckpt", ".safetensors", ".bin"},  # IRControlNet weights
+    "facedetection": {".pth", ".pt", ".safetensors"},  # face detector/parser (the folder face packs share)
 }
 for _name, _extensions in MODEL_FOLDERS.items():
     folder_paths.add_model_folder_path(_name, os.path.join(folder_paths.models_dir, _name))

@@ -431,9 +431,12 @@ def pad_bottom_right(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="constant", value=0.0)
 
 
-def encode_condition(vae, rgb: torch.Tensor, padding: str = "64") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_condition(vae, rgb: torch.Tensor, padding: str = "64", tile_size: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(condition latent x 0.18215, the same latent unscaled as a LATENT holds it) for a stage-1
-    image ``rgb`` (NCHW in [0,1]). ComfyUI's VAE.encode returns the posterior mode (unscaled)."""
+    image ``rgb`` (NCHW in [0,1]). ComfyUI's VAE.encode returns the posterior mode (unscaled).
+    ``tile_size``: None = ComfyUI's VAE.encode; an int goes to the exact tiled encoder
+    (``tiled_vae.encode``: 0 = tiles only when the image does not fit in memory; same result)."""
     if padding not in PADDINGS:
         raise IRControlNetError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
     if getattr(vae, "latent_channels", LATENT_CHANNELS) != LATENT_CHANNELS or vae.spacial_compression_encode() != 8:
@@ -442,7 +445,12 @@ def encode_condition(vae, rgb: torch.Tensor, padding: str = "64") -> tuple[torch
             f"{vae.spacial_compression_encode()}x; the IRControlNet needs the SD 2.x VAE (4 channels, 8x). Connect the "
             "VAE output of the SD 2.1 checkpoint loader.")
     pixels = pad_bottom_right(rgb, 64 if padding == "64" else 8)
-    latent = vae.encode(pixels.movedim(1, -1)).float().cpu()
+    if tile_size is None:
+        latent = vae.encode(pixels.movedim(1, -1)).float().cpu()
+    else:
+        from . import tiled_vae
+
+        latent = tiled_vae.encode(vae, pixels.movedim(1, -1), tile_size).float().cpu()
     if padding == "8+latent8":
         latent = pad_bottom_right(latent, 8)
     return latent * LATENT_SCALE, latent
@@ -480,8 +488,10 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
     ``window = (y0, y1, x0, x1)`` in latent pixels of ``condition``: the stored condition latent is
     sliced to that window, never resized. ``get_control`` does the same when
     ``transformer_options["diffbir_window"]`` holds such a window (a tiler can set it through
-    ``model_options["transformer_options"]``). Without a window the noisy latent must have exactly
-    the condition's spatial size; anything else raises an error naming both sizes.
+    ``model_options["transformer_options"]``). ``window`` may also be a list of windows (batched
+    tiles): the latent batch then holds, per cond/uncond chunk, one latent batch per window in that
+    order, and the condition is sliced and stacked the same way. Without a window the noisy latent
+    must have exactly the condition's spatial size; anything else raises an error naming both sizes.
     """
 
     def __init__(self, control_model: IRControlNet | None = None, load_device=None, manual_cast_dtype=None,
@@ -626,12 +636,10 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
             self._hint_cache = self.condition.to(device=x_noisy.device, dtype=dtype)
         hint = self._hint_cache
         size = tuple(x_noisy.shape[-2:])
+        if window is not None and len(window) and isinstance(window[0], (tuple, list)):
+            return self._hint_for_windows(hint, x_noisy, batched_number, [tuple(w) for w in window])
         if window is not None:
-            y0, y1, x0, x1 = (int(v) for v in window)
-            if not (0 <= y0 < y1 <= hint.shape[-2] and 0 <= x0 < x1 <= hint.shape[-1]):
-                raise IRControlNetError(f"window {tuple(window)} lies outside the condition latent "
-                                        f"{tuple(hint.shape[-2:])} (latent pixels, (y0, y1, x0, x1))")
-            hint = hint[..., y0:y1, x0:x1]
+            hint = self._window_of(hint, window)
         if tuple(hint.shape[-2:]) != size:
             where = f"window {tuple(window)} of the condition" if window is not None else "condition"
             raise IRControlNetError(
@@ -650,6 +658,42 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         raise IRControlNetError(
             f"the stage-1 image batch ({b}) does not match the latent batch ({per}): use the LATENT output of 'DiffBIR "
             "Apply IRControlNet', or a stage-1 batch of 1")
+
+    @staticmethod
+    def _window_of(hint: torch.Tensor, window) -> torch.Tensor:
+        y0, y1, x0, x1 = (int(v) for v in window)
+        if not (0 <= y0 < y1 <= hint.shape[-2] and 0 <= x0 < x1 <= hint.shape[-1]):
+            raise IRControlNetError(f"window {tuple(window)} lies outside the condition latent "
+                                    f"{tuple(hint.shape[-2:])} (latent pixels, (y0, y1, x0, x1))")
+        return hint[..., y0:y1, x0:x1]
+
+    def _hint_for_windows(self, hint: torch.Tensor, x_noisy: torch.Tensor, batched_number: int,
+                          windows: list) -> torch.Tensor:
+        """Several windows batched (a tiled sampler's tile batch): ``x_noisy`` holds, per cond/uncond
+        chunk, the windows one after another, each with the latent batch; the condition is sliced the
+        same way (per window, broadcast to the latent batch), then repeated per chunk."""
+        n = x_noisy.shape[0]
+        chunks = max(1, batched_number)
+        per_window = n // (chunks * len(windows))
+        if per_window * chunks * len(windows) != n:
+            raise IRControlNetError(f"a batch of {n} latents cannot hold {len(windows)} windows x {chunks} "
+                                    "conditionings evenly")
+        parts = []
+        for window in windows:
+            part = self._window_of(hint, window)
+            if tuple(part.shape[-2:]) != tuple(x_noisy.shape[-2:]):
+                raise IRControlNetError(f"window {window} of the condition is {tuple(part.shape[-2:])} but the "
+                                        f"latent tiles are {tuple(x_noisy.shape[-2:])}")
+            b = part.shape[0]
+            if b == 1:
+                part = part.expand(per_window, -1, -1, -1)
+            elif b != per_window:
+                raise IRControlNetError(
+                    f"the stage-1 image batch ({b}) does not match the latent batch ({per_window}): use the LATENT "
+                    "output of 'DiffBIR Apply IRControlNet', or a stage-1 batch of 1")
+            parts.append(part)
+        one_chunk = torch.cat(parts)
+        return one_chunk.repeat(chunks, 1, 1, 1) if chunks > 1 else one_chunk
 
     def control_for_window(self, x_noisy, t, cond, batched_number, transformer_options=None, window=None,
                            control_prev=None):

@@ -2,8 +2,10 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix
+from .degradation import DiffBIRSynthesizeDegradation
 from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
 from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
+from .presets import DiffBIRPresetLoader
 from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
 from .sampling import (
     DiffBIRConditionNoiseAugment,
@@ -13,9 +15,15 @@ from .sampling import (
     DiffBIRSpacedSampler,
     DiffBIRSpacedSigmas,
 )
+from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
+from .tiling import DiffBIRTiledSampling, DiffBIRVAEDecodeTiled, DiffBIRVAEEncodeTiled
 
 NODES = [
     DiffBIRColorFix,
+    DiffBIRPresetLoader,
+    DiffBIRSynthesizeDegradation,
+    DiffBIRStage1Loader,
+    DiffBIRDegradationRemoval,
     DiffBIRIRControlNetLoader,
     DiffBIRApplyIRControlNet,
     DiffBIRCropToStage1,
@@ -32,4 +40,8 @@ NODES = [
     DiffBIRRestorationGuidance,
     DiffBIRGuidanceScales,
     DiffBIRImageGrid,
+    # tiling for large images
+    DiffBIRTiledSampling,
+    DiffBIRVAEEncodeTiled,
+    DiffBIRVAEDecodeTiled,
 ]

@@ -86,6 +86,10 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
                     "(official untiled v2/v2.1). 8+latent8: image to a multiple of 8, latent to a multiple of 8 "
                     "(official with the tiled VAE encoder). 8: image to a multiple of 8 only (official with tiled "
                     "diffusion). The padding is sampled with the image and cropped after decoding.")),
+                io.Int.Input("vae_tile_size", default=0, min=0, max=8192, step=64, optional=True, tooltip=(
+                    "Encoding the stage-1 image: 0 = whole when it fits in memory, else in exact tiles (whole-image "
+                    "GroupNorm statistics: the same latent); a multiple of 64 forces tiles of that size in pixels "
+                    "(less memory, same result).")),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the IRControlNet."),
@@ -98,12 +102,12 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, ircontrolnet, vae, image, strength=1.0, start_percent=0.0, end_percent=1.0,
-                start_point="noise", padding="64") -> io.NodeOutput:
+                start_point="noise", padding="64", vae_tile_size=0) -> io.NodeOutput:
         if start_point not in ("noise", "cond"):
             raise ValueError(f"unknown start_point {start_point!r}; choose noise or cond")
         rgb, _ = images.split_alpha(image)
         height, width = rgb.shape[-2:]
-        condition, raw = irc.encode_condition(vae, rgb, padding)
+        condition, raw = irc.encode_condition(vae, rgb, padding, tile_size=vae_tile_size)
         samples = raw.clone() if start_point == "cond" else torch.zeros_like(raw)
         latent = {"samples": samples}
         if strength == 0:

@@ -58,8 +58,9 @@ class ComfyServer:
     """A headless ComfyUI ``main.py`` on a free loopback port. Use as a context manager."""
 
     def __init__(self, base_directory: Path, extra_args: list[str] | None = None, python: str | None = None,
-                 ready_timeout: float = 180.0, env: dict | None = None):
+                 ready_timeout: float = 180.0, env: dict | None = None, cwd: Path | None = None):
         self.base = Path(base_directory)
+        self.cwd = cwd  # working directory of the server process (default: the ComfyUI folder)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = list(extra_args or [])
@@ -76,8 +77,8 @@ class ComfyServer:
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch", *self.extra_args]
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(cmd, cwd=self.cwd or root, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=self.env, start_new_session=True)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -192,6 +192,138 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# -- Stage-1 cleaners (degradation removal): SwinIR, BSRNet, SCUNet ---------------------------------
+# The published layouts of DiffBIR's stage-1 files, at a small test size and at the real size. The
+# official constructor arguments are in STAGE1_CONFIGS so that tools/goldens/make_stage1.py builds the
+# official networks from exactly the same description. Integer buffers (relative_position_index) and
+# the precomputed shifted-window masks (attn_mask) are computed, not drawn: the published files carry
+# their exact values and both loaders use them.
+STAGE1_CONFIGS = {
+    # DiffBIR configs/inference/swinir.yaml (general_swinir_v1, face_swinir_v1, realesrgan_s4_swinir_100k)
+    "swinir": {
+        "full": dict(img_size=64, patch_size=1, in_chans=3, embed_dim=180, depths=[6] * 8, num_heads=[6] * 8,
+                     window_size=8, mlp_ratio=2, sf=8, img_range=1.0, upsampler="nearest+conv",
+                     resi_connection="1conv", unshuffle=True, unshuffle_scale=8),
+        "small": dict(img_size=64, patch_size=1, in_chans=3, embed_dim=24, depths=[2], num_heads=[2],
+                      window_size=8, mlp_ratio=2, sf=8, img_range=1.0, upsampler="nearest+conv",
+                      resi_connection="1conv", unshuffle=True, unshuffle_scale=8),
+    },
+    # DiffBIR configs/inference/bsrnet.yaml (KAIR BSRNet.pth): ESRGAN RRDB x4 in the KAIR key layout
+    "bsrnet": {
+        "full": dict(in_nc=3, out_nc=3, nf=64, nb=23, gc=32, sf=4),
+        "small": dict(in_nc=3, out_nc=3, nf=16, nb=1, gc=32, sf=4),
+    },
+    # DiffBIR configs/inference/scunet.yaml (KAIR scunet_color_real_psnr.pth). dim 64 is the smallest
+    # that works (head_dim 32 is fixed); the small config keeps one shifted-window block (the body).
+    "scunet": {
+        "full": dict(in_nc=3, config=[4, 4, 4, 4, 4, 4, 4], dim=64),
+        "small": dict(in_nc=3, config=[1, 1, 1, 2, 1, 1, 1], dim=64),
+    },
+}
+
+# Published file name -> (network, how the file wraps its state dict). "lightning": a PyTorch
+# Lightning checkpoint ({"state_dict": ..., "epoch", "global_step", ...}); "lightning+module": the
+# same with DataParallel "module." prefixes; "plain": the state dict itself.
+STAGE1_FILES = {
+    "general_swinir_v1.ckpt": ("swinir", "lightning"),
+    "face_swinir_v1.ckpt": ("swinir", "lightning+module"),
+    "realesrgan_s4_swinir_100k.pth": ("swinir", "plain"),
+    "BSRNet.pth": ("bsrnet", "plain"),
+    "scunet_color_real_psnr.pth": ("scunet", "plain"),
+}
+
+
+def _swinir_reference(config: dict):
+    """spandrel's SwinIR at ``config`` (used for key shapes and the exact integer/mask buffers)."""
+    from spandrel.architectures.SwinIR import SwinIR
+
+    with torch.no_grad():
+        return SwinIR(img_size=config["img_size"], patch_size=config["patch_size"], in_chans=config["in_chans"],
+                      embed_dim=config["embed_dim"], depths=config["depths"], num_heads=config["num_heads"],
+                      window_size=config["window_size"], mlp_ratio=config["mlp_ratio"], upscale=config["sf"],
+                      img_range=config["img_range"], upsampler=config["upsampler"],
+                      resi_connection=config["resi_connection"], start_unshuffle=config["unshuffle_scale"])
+
+
+def swinir_state_dict(variant: str = "small", seed: int = 0, dtype=torch.float32) -> dict:
+    """DiffBIR's SwinIR in its published layout (``conv_first.1.*`` after the PixelUnshuffle(8))."""
+    reference = _swinir_reference(STAGE1_CONFIGS["swinir"][variant]).state_dict()
+    rename = {"conv_first.weight": "conv_first.1.weight", "conv_first.bias": "conv_first.1.bias"}
+    shapes = {rename.get(k, k): tuple(v.shape) for k, v in reference.items()}
+    keep = {rename.get(k, k): v for k, v in reference.items()
+            if k.endswith("relative_position_index") or k.endswith("attn_mask")}
+    sd = random_state_dict(shapes, seed, dtype, keep=keep)
+    for k, v in keep.items():
+        sd[k] = v.clone() if not v.is_floating_point() else v.to(dtype)
+    return sd
+
+
+def bsrnet_state_dict(variant: str = "small", seed: int = 0, dtype=torch.float32) -> dict:
+    """KAIR's BSRNet (RRDBNet x4) key layout: conv_first, RRDB_trunk.N.RDBk.convj, trunk_conv, upconv1/2,
+    HRconv, conv_last."""
+    c = STAGE1_CONFIGS["bsrnet"][variant]
+    nf, gc = c["nf"], c["gc"]
+    shapes = {"conv_first.weight": (nf, c["in_nc"], 3, 3), "conv_first.bias": (nf,)}
+    for i in range(c["nb"]):
+        for r in (1, 2, 3):
+            for j in range(1, 6):
+                out = nf if j == 5 else gc
+                shapes[f"RRDB_trunk.{i}.RDB{r}.conv{j}.weight"] = (out, nf + (j - 1) * gc, 3, 3)
+                shapes[f"RRDB_trunk.{i}.RDB{r}.conv{j}.bias"] = (out,)
+    names = ["trunk_conv", "upconv1"] + (["upconv2"] if c["sf"] == 4 else []) + ["HRconv"]
+    for name in names:
+        shapes[f"{name}.weight"] = (nf, nf, 3, 3)
+        shapes[f"{name}.bias"] = (nf,)
+    shapes["conv_last.weight"] = (c["out_nc"], nf, 3, 3)
+    shapes["conv_last.bias"] = (c["out_nc"],)
+    return random_state_dict(shapes, seed, dtype)
+
+
+def scunet_state_dict(variant: str = "small", seed: int = 0, dtype=torch.float32) -> dict:
+    """KAIR's SCUNet key layout (m_head, m_down1..3, m_body, m_up3..1, m_tail); no buffers."""
+    from spandrel.architectures.SCUNet import SCUNet
+
+    c = STAGE1_CONFIGS["scunet"][variant]
+    with torch.no_grad():
+        reference = SCUNet(in_nc=c["in_nc"], config=c["config"], dim=c["dim"])
+    sd = random_state_dict(shapes_of(reference), seed, dtype)
+    # SCUNet's output is its last conv alone (no residual to the input, no bias): scaled down so random
+    # weights give values around [-1, 1] as a trained model's do, instead of +-30 that clamping would hide.
+    sd["m_tail.0.weight"] = sd["m_tail.0.weight"] * 0.03
+    return sd
+
+
+STAGE1_BUILDERS = {"swinir": swinir_state_dict, "bsrnet": bsrnet_state_dict, "scunet": scunet_state_dict}
+
+
+def stage1_state_dict(name: str, variant: str = "small", seed: int | None = None) -> dict:
+    """The bare state dict of published stage-1 file ``name`` (a key of STAGE1_FILES)."""
+    kind, _ = STAGE1_FILES[name]
+    if seed is None:
+        seed = 100 + sorted(STAGE1_FILES).index(name)
+    return STAGE1_BUILDERS[kind](variant, seed)
+
+
+def stage1_file(name: str, variant: str = "small", seed: int | None = None) -> Path:
+    """Path of a random-weight file in the published format of stage-1 file ``name``; cached. The file
+    is named like the published one (inside a folder per variant and seed)."""
+    seed_tag = "default" if seed is None else f"seed{seed}"
+    path = CACHE / f"stage1-{variant}-{seed_tag}-v{FACTORY_VERSION}" / name
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = stage1_state_dict(name, variant, seed)
+    _, wrapper = STAGE1_FILES[name]
+    if wrapper == "plain":
+        payload = sd
+    else:
+        if wrapper == "lightning+module":
+            sd = {f"module.{k}": v for k, v in sd.items()}
+        payload = {"state_dict": sd, "epoch": 0, "global_step": 1000, "pytorch-lightning_version": "1.4.2"}
+    _atomic_save(lambda p: torch.save(payload, str(p)), path)
+    return path
+
+
 # == IRControlNet files, LoRAs and stock ControlNets (ircontrolnet area) =========================
 IRCONTROLNET_FORMATS = ("pth", "safetensors", "state_dict", "module", "v1_full", "fp16_safetensors")
 

@@ -1,0 +1,110 @@
+"""DiffBIR tiling nodes for large images: tiled sampling (a MODEL patch for every sampler) and an
+exact tiled VAE encode/decode."""
+
+from comfy_api.latest import io
+
+from ..diffbir_modules import tiled_diffusion as td
+from ..diffbir_modules import tiled_vae
+
+WEIGHTING_OPTIONS = ["gaussian", "gaussian_symmetric", "uniform"]
+
+
+class DiffBIRTiledSampling(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRTiledSampling",
+            display_name="DiffBIR Tiled Sampling",
+            category="DiffBIR/tiling",
+            description=(
+                "Lets any sampler restore images too large for memory (official --cldm_tiled): every model call is "
+                "run on overlapping latent tiles and the outputs are blended with the official gaussian weights. The "
+                "IRControlNet condition is cut with the same tile (never re-encoded or resized per tile); stock "
+                "ControlNets chained with it get their hint cut the same way. Works with KSampler, "
+                "SamplerCustomAdvanced, LoRAs and DiffBIR guidance. With 0 (automatic) the image is sampled whole "
+                "when it fits in the memory ComfyUI reports, which is exact; tiling changes the result slightly "
+                "at tile overlaps (like the official tiled mode)."),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD 2.1 model to sample with (after LoRAs or Model Sampling)."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip=(
+                    "Tile size in image pixels: 0 = automatic (whole image if it fits in memory, else the largest "
+                    "of 1024/768/512/384/256 that fits), or a multiple of 64, at least 64 (official 512). Images "
+                    "smaller than one tile on either side are sampled whole (official rule). Larger tiles: more "
+                    "context per tile, more memory.")),
+                io.Int.Input("tile_stride", default=0, min=0, max=8192, step=8, tooltip=(
+                    "Distance between tile starts in pixels: 0 = half the tile (official 256 for 512), or a "
+                    "multiple of 8 up to the tile size. Smaller: more overlap, smoother blending, slower.")),
+                io.Int.Input("tile_batch", default=0, min=0, max=64, tooltip=(
+                    "Tiles evaluated together in one model call: 0 = as many as fit in free memory (up to 16); "
+                    "1 = one at a time (least memory). Faster on a GPU, same result.")),
+                io.Combo.Input("weighting", options=WEIGHTING_OPTIONS, default="gaussian", tooltip=(
+                    "How overlapping tiles are blended. gaussian: official (its vertical profile is centred half a "
+                    "pixel low, kept for parity); gaussian_symmetric: centred; uniform: plain average (DiffBIR v1; "
+                    "seams more likely).")),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with tiled sampling; connect it to the sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, tile_size=0, tile_stride=0, tile_batch=0, weighting="gaussian") -> io.NodeOutput:
+        settings = td.DiffusionTiling(tile_size=tile_size, tile_stride=tile_stride, tile_batch=tile_batch,
+                                      weighting="uniform" if weighting == "uniform" else "gaussian",
+                                      official_midpoint=weighting != "gaussian_symmetric")
+        return io.NodeOutput(td.patch_model(model, settings))
+
+
+class DiffBIRVAEDecodeTiled(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRVAEDecodeTiled",
+            display_name="DiffBIR VAE Decode (exact tiles)",
+            category="DiffBIR/tiling",
+            description=(
+                "Decodes a latent in tiles without the colour and contrast shifts of independently decoded tiles: "
+                "the small latent-resolution part (with its global attention) runs whole, and the GroupNorm "
+                "statistics of the tiled part are computed over the whole image, as an untiled decode does, with "
+                "tile margins covering the decoder's receptive field. The result equals an untiled decode to float "
+                "precision. Use it instead of VAE Decode for large restorations."),
+            inputs=[
+                io.Vae.Input("vae", tooltip="The SD 2.1 VAE."),
+                io.Latent.Input("samples", tooltip="The sampled latent."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip=(
+                    "Tile size in output pixels: 0 = automatic (untiled when it fits in memory), else a multiple of "
+                    "64, at least 64 (official decoder tile 256). Smaller tiles use less memory; the result is the "
+                    "same.")),
+            ],
+            outputs=[io.Image.Output(tooltip="The decoded image.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, samples, tile_size=0) -> io.NodeOutput:
+        return io.NodeOutput(tiled_vae.decode(vae, samples["samples"], tile_size))
+
+
+class DiffBIRVAEEncodeTiled(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRVAEEncodeTiled",
+            display_name="DiffBIR VAE Encode (exact tiles)",
+            category="DiffBIR/tiling",
+            description=(
+                "Encodes an image in tiles with the GroupNorm statistics of the whole image and the latent-resolution "
+                "part (with its global attention) run whole, so the latent equals an untiled encode to float "
+                "precision (ComfyUI's tiled encode and the official tiled VAE do not). The returned latent is the "
+                "posterior mode, as VAE Encode returns."),
+            inputs=[
+                io.Vae.Input("vae", tooltip="The SD 2.1 VAE."),
+                io.Image.Input("pixels", tooltip="The image to encode (cropped to a multiple of 8, as VAE Encode)."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip=(
+                    "Tile size in input pixels: 0 = automatic (untiled when it fits in memory), else a multiple of "
+                    "64, at least 64 (official encoder tile 256). Smaller tiles use less memory; the result is the "
+                    "same.")),
+            ],
+            outputs=[io.Latent.Output(tooltip="The latent.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, pixels, tile_size=0) -> io.NodeOutput:
+        return io.NodeOutput({"samples": tiled_vae.encode(vae, pixels, tile_size)})

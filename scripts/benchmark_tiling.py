@@ -1,0 +1,118 @@
+"""Peak memory and time of a tiled DiffBIR restoration at two output sizes, full-size random SD 2.1 +
+IRControlNet (tests/model_factory.py: "full" checkpoint and IRControlNet, random weights).
+
+    .venv/bin/python scripts/benchmark_tiling.py                      # 1024 and 2048, 1 step each
+    .venv/bin/python scripts/benchmark_tiling.py --sizes 1024 2048 --steps 2 --json out.json
+
+Each size runs in its own subprocess (a fresh ComfyUI in process), so its peak resident memory
+(``ru_maxrss``) is its own. The pipeline is the one a user wires, with every tiling on:
+scikit-image's astronaut photo (512 x 512) upscaled bicubic to the output size (stage 1 stand-in: the
+cleaner's own tiling is in the stage-1 node) -> DiffBIR Apply IRControlNet (padding 8, exact tiled VAE
+encode, tile --vae-tile) -> DiffBIR Tiled Sampling (--tile / --stride, one tile per call) -> KSampler
+(euler, cfg 4, --steps) -> DiffBIR VAE Decode (exact tiles, --vae-tile). Reported per size: peak RSS,
+seconds per stage, seconds per sampling step, and the peak ratio between the sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child(size: int, steps: int, tile: int, stride: int, vae_tile: int) -> dict:
+    sys.path.insert(0, str(REPO / "tests"))
+    import comfy_runtime
+    import model_factory
+
+    base = Path(tempfile.mkdtemp(prefix="diffbir-bench-"))
+    models_dir = model_factory.CACHE.parent / "test-comfy-models"
+    comfy_runtime.start(base / "b", models_dir)
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    torch.set_num_threads(2)
+    ckpt = model_factory.sd2_checkpoint("full")
+    irc_file = model_factory.ircontrolnet_file("full", fmt="safetensors")
+    for folder, path in (("checkpoints", ckpt), ("diffbir", irc_file)):
+        target = models_dir / folder / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.symlink_to(path)
+    node = comfy_runtime.node_class
+    photo = Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC)
+    image = torch.from_numpy(np.asarray(photo).astype(np.float32) / 255.0)[None]
+    times = {}
+    with torch.inference_mode():
+        t = time.perf_counter()
+        model, clip, vae = node("CheckpointLoaderSimple")().load_checkpoint(ckpt.name)
+        control = node("DiffBIRIRControlNetLoader").execute(irc_file.name, "v2").result[0]
+        encode = node("CLIPTextEncode")()
+        pos, neg = encode.encode(clip, "a photo")[0], encode.encode(clip, "blurry")[0]
+        times["load_and_prompts_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pos, neg, latent = node("DiffBIRApplyIRControlNet").execute(pos, neg, control, vae, image, 1.0, 0.0, 1.0,
+                                                                   "noise", "8", vae_tile).result
+        times["vae_encode_s"] = time.perf_counter() - t
+        tiled = node("DiffBIRTiledSampling").execute(model, tile, stride, 1, "gaussian").result[0]
+        t = time.perf_counter()
+        out = node("KSampler")().sample(tiled, 3, steps, 4.0, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
+        times["sampling_s"] = time.perf_counter() - t
+        times["per_step_s"] = times["sampling_s"] / steps
+        t = time.perf_counter()
+        decoded = node("DiffBIRVAEDecodeTiled").execute(vae, out, vae_tile).result[0]
+        times["vae_decode_s"] = time.perf_counter() - t
+    td = comfy_runtime.pack_module("diffbir_modules.tiled_diffusion")
+    return {"size": size, "steps": steps, "tile": tile, "stride": stride, "vae_tile": vae_tile,
+            "tiles_per_step": td.tile_count(size, size, tile, stride), "output": list(decoded.shape),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **times}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=256)
+    parser.add_argument("--vae-tile", type=int, default=512)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = child(args.child, args.steps, args.tile, args.stride, args.vae_tile)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    results = []
+    for size in args.sizes:
+        command = [sys.executable, __file__, "--child", str(size), "--steps", str(args.steps), "--tile",
+                   str(args.tile), "--stride", str(args.stride), "--vae-tile", str(args.vae_tile)]
+        run = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+        if run.returncode or not lines:
+            sys.stderr.write(run.stdout[-3000:] + run.stderr[-5000:])
+            raise SystemExit(f"the {size} px case failed (exit {run.returncode})")
+        result = json.loads(lines[-1][len("RESULT "):])
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    summary = {"cases": results}
+    if len(results) >= 2:
+        summary["peak_ratio"] = results[-1]["peak_rss_gib"] / results[0]["peak_rss_gib"]
+        summary["pixel_ratio"] = (results[-1]["size"] / results[0]["size"]) ** 2
+        print(f"peak RSS {results[0]['size']} px: {results[0]['peak_rss_gib']:.2f} GiB, {results[-1]['size']} px: "
+              f"{results[-1]['peak_rss_gib']:.2f} GiB, ratio {summary['peak_ratio']:.2f} for "
+              f"{summary['pixel_ratio']:.0f}x the pixels")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Tiled sampling against the official tiled run (tests/golden/tiling/, made by
+tools/goldens/make_tiling.py with the official Pipeline.apply_cldm, --cldm_tiled 512 / 256 px, on a
+576 x 576 stage-1 image: 4 latent windows of 64 x 64 blended with the official gaussian weights).
+
+Our side is the graph a user builds: CheckpointLoaderSimple -> DiffBIR Model Sampling -> DiffBIR Text
+Encode (x2) -> DiffBIR Apply IRControlNet (padding 8, the official tiled padding) -> DiffBIR Tiled
+Sampling (512 / 256) -> CFGGuider -> SamplerCustomAdvanced (seed 231, the official sampler) ->
+VAEDecode; node classes called in process."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import install_model
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import model_factory
+
+GOLDEN = Path(__file__).parent / "golden" / "tiling"
+LATENT_SCALE = 0.18215
+
+
+def condition_image(size: int) -> torch.Tensor:
+    """The same formula as tools/goldens/make_tiling.py."""
+    g = torch.Generator().manual_seed(22)
+    base = torch.rand(1, 3, size // 32, size // 32, generator=g)
+    smooth = torch.nn.functional.interpolate(base, size=(size, size), mode="bicubic").clamp(0, 1)
+    return (smooth * 0.8 + torch.rand(1, 3, size, size, generator=g) * 0.2).contiguous()
+
+
+def golden(name):
+    path = GOLDEN / f"{name}.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(path)), meta
+
+
+def node(comfy, name, *args):
+    cls = comfy.node_class(name)
+    with torch.inference_mode():
+        if hasattr(cls, "define_schema"):
+            return cls.execute(*args).result
+        instance = cls()
+        return getattr(instance, cls.FUNCTION)(*args)
+
+
+@pytest.fixture(scope="module")
+def models(comfy):
+    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("small"))
+    irc_name = install_model("diffbir", model_factory.ircontrolnet_file("small", 1, "safetensors"))
+    with torch.inference_mode():
+        model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(ckpt)
+    return {"model": model, "clip": clip, "vae": vae, "irc_name": irc_name}
+
+
+def run_ours(comfy, models, meta, tile_batch=1):
+    version = meta["version"]
+    model = node(comfy, "DiffBIRModelSampling", models["model"], version)[0]
+    pos = node(comfy, "DiffBIRTextEncode", models["clip"], meta["positive"], True, False)[0]
+    neg = node(comfy, "DiffBIRTextEncode", models["clip"], meta["negative"], True, False)[0]
+    image = condition_image(int(meta["size"]))
+    assert float(image.double().sum()) == float(meta["cond_img_sum"])
+    irc = node(comfy, "DiffBIRIRControlNetLoader", models["irc_name"], version)[0]
+    pos, neg, latent = node(comfy, "DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image.movedim(1, -1),
+                            1.0, 0.0, 1.0, "noise", "8")
+    model = node(comfy, "DiffBIRTiledSampling", model, int(meta["tile"]), int(meta["stride"]), tile_batch,
+                 "gaussian")[0]
+    guider = node(comfy, "CFGGuider", model, pos, neg, float(meta["cfg"]))[0]
+    steps = int(meta["steps"])
+    if meta["sampler"] == "spaced":
+        sampler = node(comfy, "DiffBIRSpacedSampler", "official")[0]
+        sigmas = node(comfy, "DiffBIRSpacedSigmas", model, steps)[0]
+    else:
+        sampler = node(comfy, "DiffBIREDMSampler", "euler", "official", "official_edm", 1.0, 1.0, 0.0, 0.0, 300.0,
+                       1)[0]
+        sigmas = node(comfy, "DiffBIREDMSigmas", model, steps, "official")[0]
+    noise = node(comfy, "RandomNoise", int(meta["seed"]))[0]
+    out = node(comfy, "SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
+    return out["samples"], pos[0][1]["control"].condition
+
+
+def test_official_run_tiles_as_we_do(comfy):
+    """The official run called the model on the same 4 windows (cond and uncond apart) per step."""
+    td = comfy.pack_module("diffbir_modules.tiled_diffusion")
+    _, meta = golden("run_v2_spaced_tiled")
+    shapes = json.loads(meta["forward_shapes"])
+    windows = td.latent_windows(72, 72, 512, 256)
+    assert windows == [(0, 64, 0, 64), (0, 64, 8, 72), (8, 72, 0, 64), (8, 72, 8, 72)]
+    assert shapes == [[1, 4, 64, 64]] * (len(windows) * 2 * int(meta["steps"]))
+
+
+SLOW = pytest.mark.skipif(not os.environ.get("DIFFBIR_SLOW_TESTS"), reason=(
+    "a second whole 576 x 576 tiled run (several minutes on 2 CPU cores); set DIFFBIR_SLOW_TESTS=1"))
+
+
+@pytest.mark.parametrize("name, tile_batch", [("run_v2_spaced_tiled", 4),
+                                              pytest.param("run_v21_edm_euler_tiled", 1, marks=SLOW)])
+def test_tiled_run_matches_the_official(comfy, models, name, tile_batch):
+    if not (GOLDEN / f"{name}.safetensors").exists():
+        pytest.skip(f"{name}.safetensors not generated (tools/goldens/make_tiling.py)")
+    g, meta = golden(name)
+    ours, condition = run_ours(comfy, models, meta, tile_batch)
+    assert (condition - g["c_img"]).abs().max() < 1e-4
+    z = ours * LATENT_SCALE
+    diff = (z - g["z"]).abs().max().item()
+    relative = diff / g["z"].abs().max().item()
+    print(f"{name}: latent max abs diff {diff:.2e} (relative {relative:.1e})")
+    assert diff < 1e-4 or relative < 1e-5
+    if name == "run_v2_spaced_tiled":  # the final image: both latents through the same VAE
+        with torch.inference_mode():
+            images = models["vae"].decode(torch.cat([ours, g["z"] / LATENT_SCALE]))
+        image_diff = (images[0] - images[1]).abs().max().item()
+        print(f"{name}: final image max abs diff {image_diff:.2e} (on [0, 1])")
+        assert image_diff < 1e-4
