@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import logging
 import math
@@ -57,6 +58,16 @@ GRAY = (0.2989, 0.5870, 0.1140)  # official rgb -> gray weights
 RUN_KEY = "diffbir_guidance_runs"
 WINDOW_KEY = "diffbir_window"  # the pack's tiling convention (tiled_diffusion.py)
 STEP_KEY = "diffbir_step"
+
+
+# Peak memory of one rgb-space gradient per decoded pixel (fp32; measured on the CPU with
+# scripts/benchmark_guidance.py, see docs/guidance.md), and the temporary copy of the decoder weights.
+RGB_BYTES_PER_PIXEL = {"full": 25e3, "checkpoint": 9.5e3, "tiled": 8e3}
+DECODER_WEIGHTS_BYTES = 200e6
+
+# VAE posteriors of recent targets: a sweep runs the guidance node once per scale with the same image
+_ENCODED: dict = {}
+_ENCODED_KEEP = 4
 
 
 class GuidanceError(ValueError):
@@ -393,8 +404,19 @@ class RestorationGuidance:
             self._targets[key] = Target(self.image, height, width)
         target = self._targets[key]
         if self.config.space == "latent" and target.mean is None:
-            target.mean, target.std = self.encode(target.pixels)
+            cache_key = (id(self.vae.first_stage_model), self._image_digest(), height, width)
+            if cache_key not in _ENCODED:
+                _ENCODED[cache_key] = self.encode(target.pixels)
+                while len(_ENCODED) > _ENCODED_KEEP:
+                    _ENCODED.pop(next(iter(_ENCODED)))
+            target.mean, target.std = _ENCODED[cache_key]
         return target
+
+    def _image_digest(self) -> str:
+        if getattr(self, "_digest", None) is None:
+            data = self.image.contiguous().numpy().tobytes()
+            self._digest = hashlib.sha1(data).hexdigest() + str(tuple(self.image.shape))
+        return self._digest
 
     def prepare(self):
         """Precomputes the target for the official padding (multiple of 64) at node time."""
@@ -632,6 +654,7 @@ class RestorationGuidance:
         fsm = vae.first_stage_model
         device, dtype = vae.device, vae.vae_dtype
         memory = self.config.rgb_memory
+        self._make_room(vae, batch, h * f, w * f)
         with torch.inference_mode(False), autograd_usable(*self._decoder_parts(fsm)), \
                 (checkpointed(fsm.decoder) if memory != "full" else contextlib.nullcontext()):
             goal = goal.clone()  # normal tensors (the cached target may have been made in inference mode)
@@ -641,6 +664,24 @@ class RestorationGuidance:
             else:
                 grad, loss = self._full_vjp(x0, model, fsm, goal, weight, scale, device, dtype)
         return grad.to(x0.device, torch.float32) * share, loss
+
+    def _make_room(self, vae, batch: int, height: int, width: int):
+        """On a GPU, asks ComfyUI to offload models that this sampling run does not use (e.g. the text
+        encoder) until the decoder back-propagation is likely to fit; models in use stay loaded."""
+        import comfy.model_management as mm
+
+        device = torch.device(vae.device)
+        if device.type == "cpu":
+            return
+        memory = self.config.rgb_memory
+        pixels = height * width
+        if memory == "tiled":
+            side = (self.config.rgb_tile + 2 * self.config.rgb_tile_margin) * LATENT_FACTOR
+            pixels = min(pixels, side * side)
+        dtype_size = torch.tensor([], dtype=vae.vae_dtype).element_size()
+        need = batch * pixels * RGB_BYTES_PER_PIXEL[memory] * dtype_size / 4 + DECODER_WEIGHTS_BYTES * dtype_size / 4
+        keep = [m for m in mm.current_loaded_models if getattr(m, "currently_used", False)]
+        mm.free_memory(need, device, keep_loaded=keep)
 
     @staticmethod
     def _decoder_parts(fsm):

@@ -68,25 +68,27 @@ class Runner:
                 return cls.execute(*args, **kwargs).result
             return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
 
-    def condition(self, stage1):
-        key = (stage1.data_ptr(), tuple(stage1.shape))
+    def condition(self, stage1, padding="64"):
+        key = (stage1.data_ptr(), tuple(stage1.shape), padding)
         if getattr(self, "_condition_key", None) != key:
             self._condition_key = key
             self._condition = self.node("DiffBIRApplyIRControlNet", self.pos, self.neg, self.irc, self.vae, stage1,
-                                        1.0)
+                                        1.0, padding=padding)
         return self._condition
 
-    def restore(self, stage1, scale, sampler, steps, seed=1, cfg=4.0, decode=True, tiling=None, **guidance):
+    def restore(self, stage1, scale, sampler, steps, seed=1, cfg=4.0, decode=True, tiling=None, padding="64",
+                **guidance):
         """The restored image cropped to the stage-1 size (decode=False: the sampled LATENT dict).
         tiling: (tile_size, tile_stride) px of DiffBIR Tiled Sampling, applied before the guidance
-        (or after it with a third item "after")."""
+        (or after it with a third item "after"). padding: DiffBIR Apply IRControlNet's padding ("8":
+        the latent is the image's size / 8, "64": the official padding to a multiple of 64)."""
         model = self.model
         if tiling and tiling[2:] != ("after",):
             model = self.node("DiffBIRTiledSampling", model, tiling[0], tiling[1])[0]
         model = self.node("DiffBIRRestorationGuidance", model, self.vae, stage1, scale=scale, **guidance)[0]
         if tiling and tiling[2:] == ("after",):
             model = self.node("DiffBIRTiledSampling", model, tiling[0], tiling[1])[0]
-        pos, neg, latent = self.condition(stage1)
+        pos, neg, latent = self.condition(stage1, padding)
         name, scheduler = SAMPLERS[sampler]
         guider = self.node("CFGGuider", model, pos, neg, cfg)[0]
         if name == "spaced":
