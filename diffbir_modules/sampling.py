@@ -249,7 +249,9 @@ def sample_spaced(model, x, sigmas, extra_args=None, callback=None, disable=None
       ``step`` (0-based sampling step), ``total_steps``, ``sigma`` (the sigma the model was called
       with), ``alphas_cumprod``, ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``,
       ``posterior_mean_coef1``, ``posterior_mean_coef2``, ``posterior_variance`` (all float32-rounded
-      official values), ``prediction`` ("eps" or "v").
+      official values), ``prediction`` ("eps" or "v"), and ``noise_sampler`` (the callable this run
+      draws its step noise from; a patch that draws from it during the model call lands between the
+      official draws exactly where v2.0's latent-space guidance draws its posterior samples).
     The posterior mean is computed from the model's final denoised output (after CFG and every
     ``sampler_post_cfg_function``), so a patch that adds ``delta / posterior_mean_coef1`` to the
     denoised x0 shifts the mean by exactly ``delta``, as official v2.0 guidance does.
@@ -297,6 +299,9 @@ def sample_spaced(model, x, sigmas, extra_args=None, callback=None, disable=None
             "alphas_cumprod": _float32(acp), "sqrt_alphas_cumprod": _float32(math.sqrt(acp)),
             "sqrt_one_minus_alphas_cumprod": _float32(math.sqrt(1.0 - acp)),
             "posterior_mean_coef1": coef1, "posterior_mean_coef2": coef2, "posterior_variance": variance,
+            # the sampler's noise stream: restoration guidance draws its latent-target posterior samples
+            # from it, between this step's model call and its noise, as the official v2.0 sampler does
+            "noise_sampler": noise_sampler,
         }
         x_in = x_t * scale
         denoised = model(x_in, sigma_t * s_in, **_with_step_info(extra_args, info))

@@ -4,6 +4,7 @@ ComfyUI types. Node ids are what saved workflows store: never rename one once pu
 from .color_fix import DiffBIRColorFix
 from .degradation import DiffBIRSynthesizeDegradation
 from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
+from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
 from .ircontrolnet import DiffBIRApplyIRControlNet, DiffBIRCropToStage1, DiffBIRIRControlNetLoader
 from .presets import DiffBIRPresetLoader
 from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
@@ -41,6 +42,10 @@ NODES = [
     DiffBIRFaceDetectAlign,
     DiffBIRFaceParserLoader,
     DiffBIRFacePasteBack,
+    # restoration guidance
+    DiffBIRRestorationGuidance,
+    DiffBIRGuidanceScales,
+    DiffBIRImageGrid,
     # tiling for large images
     DiffBIRTiledSampling,
     DiffBIRVAEEncodeTiled,
