@@ -338,7 +338,9 @@ def test_fidelity_rises_with_scale_rgb(runner, sampler):
     32 px image sampled unpadded to keep the decoder back-propagation cheap; the larger tables of
     docs/guidance.md come from scripts/guidance_fidelity.py)."""
     _, stage1 = degraded_photo(32)
-    scales = (0.0, 0.3, 1.0, 3.0, 10.0)
+    # Only 3 steps with reference_steps 50: each step pulls ~17x the official per-step amount, so
+    # scales above ~1 overshoot here (docs/guidance.md, "size"); 5 scales inside the useful range.
+    scales = (0.0, 0.1, 0.3, 0.6, 1.0)
     values = [psnr(runner.restore(stage1, s, sampler, 3, space="rgb", loss="w_mse", padding="8"), stage1)
               for s in scales]
     print(f"rgb {sampler}: " + ", ".join(f"{s:g}: {v:.2f} dB" for s, v in zip(scales, values)))
