@@ -73,11 +73,30 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(x)
 
 
-def _resblock(block, x) -> Generator:
-    """ComfyUI's ResnetBlock forward (no time embedding, dropout off), yielding at its GroupNorms."""
-    h, (x,) = yield (block.norm1, x, (x,))
+def _request(norm, box: list) -> tuple:
+    """(norm, tensor to normalise, carry) from ``box`` = [tensor, *carry], emptying the box.
+
+    Why the box: a suspended generator keeps its local variables alive. If a tile's tensors stayed
+    in locals across a ``yield``, every tile waiting in the lockstep would keep its activations on
+    the GPU (the parked CPU copies would be extra, not instead), and GPU memory would grow with the
+    number of tiles. Handing the only references out through the yielded tuple lets the engine park
+    them, so the GPU holds one tile's tensors at a time."""
+    t, carry = box[0], tuple(box[1:])
+    box.clear()
+    return norm, t, carry
+
+
+def _resblock(block, box: list) -> Generator:
+    """ComfyUI's ResnetBlock forward (no time embedding, dropout off), yielding at its GroupNorms.
+    ``box`` holds the input and is emptied (see ``_request``)."""
+    x = box.pop()
+    box[:] = [x, x]
+    del x
+    h, (x,) = yield _request(block.norm1, box)
     h = block.conv1(_silu(h))
-    h, (x,) = yield (block.norm2, h, (x,))
+    box[:] = [h, x]
+    del h, x
+    h, (x,) = yield _request(block.norm2, box)
     h = block.conv2(_silu(h))
     if block.in_channels != block.out_channels:
         x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
@@ -113,18 +132,21 @@ def encoder_margin(enc) -> int:
     return math.ceil(width * step / 8) * 8
 
 
-def _decoder_program(dec, x, geo) -> Generator:
-    """The decoder from the mid block's output to the image, for one tile (yields at GroupNorms)."""
+def _decoder_program(dec, box: list, geo) -> Generator:
+    """The decoder from the mid block's output to the image, for one tile (yields at GroupNorms).
+    ``box`` = [the tile's input], emptied (no local keeps a tensor across a yield: see ``_request``)."""
     levels = _decoder_levels(dec)
     remaining = _decoder_remaining(dec)
     for level in levels:
-        x = geo.crop(x, remaining[level])
+        box[:] = [geo.crop(box.pop(), remaining[level])]
         for i_block in range(dec.num_res_blocks + 1):
-            x = yield from _resblock(dec.up[level].block[i_block], x)
+            x = yield from _resblock(dec.up[level].block[i_block], box)
+            box[:] = [x]
+            del x
         if level != 0:
-            x = dec.up[level].upsample(x)
+            box[:] = [dec.up[level].upsample(box.pop())]
             geo.step //= 2
-    h, _ = yield (dec.norm_out, x, ())
+    h, _ = yield _request(dec.norm_out, box)
     h = dec.conv_out(_silu(h))
     if getattr(dec, "tanh_out", False):
         h = torch.tanh(h)
@@ -147,19 +169,22 @@ def _decoder_remaining(dec) -> dict:
     return out
 
 
-def _encoder_program(enc, x, geo) -> Generator:
-    """The encoder from the image to the input of its mid block, for one tile."""
+def _encoder_program(enc, box: list, geo) -> Generator:
+    """The encoder from the image to the input of its mid block, for one tile. ``box`` = [the tile's
+    input], emptied (no local keeps a tensor across a yield: see ``_request``)."""
     remaining = _encoder_remaining(enc)
-    h = enc.conv_in(x)
+    box[:] = [enc.conv_in(box.pop())]
     for level in range(enc.num_resolutions):
         if level:
-            h = geo.crop(h, remaining[level])
+            box[:] = [geo.crop(box.pop(), remaining[level])]
         for i_block in range(enc.num_res_blocks):
-            h = yield from _resblock(enc.down[level].block[i_block], h)
+            h = yield from _resblock(enc.down[level].block[i_block], box)
+            box[:] = [h]
+            del h
         if level != enc.num_resolutions - 1:
-            h = enc.down[level].downsample(h)
+            box[:] = [enc.down[level].downsample(box.pop())]
             geo.step *= 2
-    return h
+    return box.pop()
 
 
 def _encoder_remaining(enc) -> dict:
@@ -269,7 +294,7 @@ def _run_lockstep(make_program: Callable, inputs: list[torch.Tensor], geos: list
     requests = []
     stats = _Stats()
     for x, geo in zip(inputs, geos):
-        program = make_program(x.to(device), geo)
+        program = make_program([x.to(device)], geo)
         request = next(program)
         norm, t, carry = request
         rows, cols = geo.own_slice()
@@ -430,7 +455,8 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True)
             for own, cur in regions:
                 geos.append(_Geometry(own, cur, 1))
                 inputs.append(x[..., cur[0]:cur[1], cur[2]:cur[3]].to(park))
-            tiles = _run_lockstep(lambda t, g: _encoder_program(enc, t.to(dtype), g), inputs, geos, device, park,
+            tiles = _run_lockstep(lambda box, g: _encoder_program(enc, [box.pop().to(dtype)], g), inputs, geos,
+                                  device, park,
                                   on_step=(lambda: bar.update(1)) if bar is not None else None)
             feature = None
             for geo, (own, _), tile_out in zip(geos, regions, tiles):

@@ -74,3 +74,42 @@ def test_tiles_split_on_latent_pixels(tv):
 def test_bad_tile_sizes(tv, vae, encoded, tile):
     with pytest.raises(ValueError, match=r"tile_size|0 \(automatic\)"):
         tv.decode(vae, encoded[1], tile)
+
+
+def _tensors_held(generator) -> list[str]:
+    """Names of locals (through the ``yield from`` chain) of a suspended generator that hold tensors."""
+    held = []
+    while generator is not None and generator.gi_frame is not None:
+        for name, value in generator.gi_frame.f_locals.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, torch.Tensor) for v in values):
+                held.append(f"{generator.__name__}.{name}")
+        generator = generator.gi_yieldfrom
+    return held
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_waiting_tiles_hold_no_tensors(tv, vae, part):
+    """While a tile waits for the whole-image GroupNorm statistics, its only tensors are the ones it
+    handed out (which the engine parks on the CPU when the VAE is on a GPU): a suspended tile keeping
+    its activations in locals would make GPU memory grow with the number of tiles (it did: 6.4 GiB
+    more for a 2048 px decode on an H100 before this was fixed, docs/tiling.md)."""
+    fsm = vae.first_stage_model
+    with torch.inference_mode():
+        if part == "encoder":
+            x = torch.rand(1, 3, 64, 64)
+            geo = tv._Geometry((0, 64, 0, 64), (0, 64, 0, 64), 1)
+            program = tv._encoder_program(fsm.encoder, [x], geo)
+        else:
+            x = torch.rand(1, fsm.decoder.conv_in.out_channels, 8, 8)
+            geo = tv._Geometry((0, 64, 0, 64), (0, 64, 0, 64), 8)
+            program = tv._decoder_program(fsm.decoder, [x], geo)
+        del x
+        request = next(program)
+        for _ in range(6):  # through the first resblocks, across a level change for the encoder
+            assert _tensors_held(program) == []
+            norm, t, carry = request
+            del request
+            h = torch.nn.functional.group_norm(t.float(), norm.num_groups, norm.weight, norm.bias, norm.eps)
+            request = program.send((h.to(t.dtype), carry))
+            del t, carry, h
