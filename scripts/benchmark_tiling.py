@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,22 +28,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: str = "all") -> dict:
+def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: str = "all", device: str = "cpu",
+          variant: str = "full", comfy_args: str = "") -> dict:
     sys.path.insert(0, str(REPO / "tests"))
+    import torch
+
     import comfy_runtime
     import model_factory
 
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     base = Path(tempfile.mkdtemp(prefix="diffbir-bench-"))
     models_dir = model_factory.CACHE.parent / "test-comfy-models"
-    comfy_runtime.start(base / "b", models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    comfy_runtime.start(base / "b", models_dir, cpu=not cuda, extra_args=shlex.split(comfy_args))
     import numpy as np
-    import torch
     from PIL import Image
     from skimage import data
 
-    torch.set_num_threads(2)
-    ckpt = model_factory.sd2_checkpoint("full")
-    irc_file = model_factory.ircontrolnet_file("full", fmt="safetensors")
+    if not cuda:
+        torch.set_num_threads(2)
+    ckpt = model_factory.sd2_checkpoint(variant)
+    irc_file = model_factory.ircontrolnet_file(variant, fmt="safetensors")
     for folder, path in (("checkpoints", ckpt), ("diffbir", irc_file)):
         target = models_dir / folder / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +58,21 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: 
     photo = Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC)
     image = torch.from_numpy(np.asarray(photo).astype(np.float32) / 255.0)[None]
     times = {}
+    peaks = {}
+
+    def stage_start():
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated()
+        return 0
+
+    def stage_end(name, allocated_at_start):  # CUDA: weights resident at the start, peak during the stage
+        if cuda:
+            torch.cuda.synchronize()
+            peaks[name] = {"start_gib": allocated_at_start / 2**30,
+                           "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
     with torch.inference_mode():
         t = time.perf_counter()
         model, clip, vae = node("CheckpointLoaderSimple")().load_checkpoint(ckpt.name)
@@ -61,9 +82,11 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: 
         times["load_and_prompts_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if stages == "all":
+            m = stage_start()
             pos, neg, latent = node("DiffBIRApplyIRControlNet").execute(pos, neg, control, vae, image, 1.0, 0.0, 1.0,
                                                                        "noise", "8", vae_tile).result
             times["vae_encode_s"] = time.perf_counter() - t
+            stage_end("vae_encode", m)
         else:  # sampling only: the condition of a quarter-size encode, upsampled to the full latent size
             small = image.movedim(-1, 1)
             small = torch.nn.functional.interpolate(small, size=(size // 4, size // 4), mode="bilinear")
@@ -74,20 +97,44 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: 
                                                         mode="bilinear")
             applied.set_condition(condition, applied.strength, applied.timestep_percent_range, (size, size), "8")
             latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
-        tiled = node("DiffBIRTiledSampling").execute(model, tile, stride, 1, "gaussian").result[0]
+        tiled = node("DiffBIRTiledSampling").execute(model, tile, stride, 1, "gaussian").result[0].clone()
+        step_ends = []
+
+        def mark_step(args):  # called once per step, after CFG: the step's end
+            if cuda:
+                torch.cuda.synchronize()
+            step_ends.append(time.perf_counter())
+            return args["denoised"]
+
+        tiled.set_model_sampler_post_cfg_function(mark_step)
+        m = stage_start()
         t = time.perf_counter()
         out = node("KSampler")().sample(tiled, 3, steps, 4.0, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
         times["sampling_s"] = time.perf_counter() - t
-        times["per_step_s"] = times["sampling_s"] / steps
+        stage_end("sampling", m)
+        # the first step also moves the weights to the device; later steps are the steady state
+        later = [b - a for a, b in zip(step_ends, step_ends[1:])]
+        times["first_step_s"] = step_ends[0] - t if step_ends else None
+        times["per_step_s"] = sum(later) / len(later) if later else times["sampling_s"] / steps
         decoded = out["samples"]
         if stages == "all":
+            m = stage_start()
             t = time.perf_counter()
             decoded = node("DiffBIRVAEDecodeTiled").execute(vae, out, vae_tile).result[0]
             times["vae_decode_s"] = time.perf_counter() - t
+            stage_end("vae_decode", m)
     td = comfy_runtime.pack_module("diffbir_modules.tiled_diffusion")
-    return {"size": size, "stages": stages, "steps": steps, "tile": tile, "stride": stride, "vae_tile": vae_tile,
+    gpu = {}
+    if cuda:  # the allocator's peaks over the whole run (weights included)
+        gpu = {"device_name": torch.cuda.get_device_name(), "comfy_args": comfy_args,
+               "peak_cuda_allocated_gib": max([p["peak_gib"] for p in peaks.values()]
+                                              + [torch.cuda.max_memory_allocated() / 2**30]),
+               "peak_cuda_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "cuda_stages": peaks}
+    return {"variant": variant, "device": "cuda" if cuda else "cpu", **gpu, "size": size, "stages": stages,
+            "steps": steps, "tile": tile, "stride": stride, "vae_tile": vae_tile,
             "tiles_per_step": td.tile_count(size, size, tile, stride), "output": list(decoded.shape),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **times}
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            **times}
 
 
 def main():
@@ -100,18 +147,25 @@ def main():
     parser.add_argument("--stages", choices=["all", "sampling"], default="all", help=(
         "all: the whole restoration; sampling: the sampling stage alone (condition from a quarter-size encode, "
         "upsampled), to measure tiled sampling without the VAE's time"))
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help=(
+        "cuda: ComfyUI's model management on the GPU, peaks from torch.cuda (weights included)"))
+    parser.add_argument("--variant", choices=["full", "small", "tiny"], default="full", help=(
+        "model size from tests/model_factory.py (tiny: a quick check that the script runs)"))
+    parser.add_argument("--comfy-args", default="", help=(
+        "more ComfyUI options, e.g. '--reserve-vram 75' to make an 80 GB card act like a 5 GB one"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(args.child, args.steps, args.tile, args.stride, args.vae_tile, args.stages)
+        result = child(args.child, args.steps, args.tile, args.stride, args.vae_tile, args.stages, args.device,
+                       args.variant, args.comfy_args)
         print("RESULT " + json.dumps(result), flush=True)
         return
     results = []
     for size in args.sizes:
         command = [sys.executable, __file__, "--child", str(size), "--steps", str(args.steps), "--tile",
                    str(args.tile), "--stride", str(args.stride), "--vae-tile", str(args.vae_tile), "--stages",
-                   args.stages]
+                   args.stages, "--device", args.device, "--variant", args.variant, "--comfy-args", args.comfy_args]
         run = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
         if run.returncode or not lines:
@@ -121,6 +175,10 @@ def main():
         results.append(result)
         print(json.dumps(result), flush=True)
     summary = {"cases": results}
+    if len(results) >= 2 and "peak_cuda_allocated_gib" in results[0]:
+        summary["peak_cuda_ratio"] = results[-1]["peak_cuda_allocated_gib"] / results[0]["peak_cuda_allocated_gib"]
+        print(f"peak CUDA allocated {results[0]['size']} px: {results[0]['peak_cuda_allocated_gib']:.2f} GiB, "
+              f"{results[-1]['size']} px: {results[-1]['peak_cuda_allocated_gib']:.2f} GiB", flush=True)
     if len(results) >= 2:
         summary["peak_ratio"] = results[-1]["peak_rss_gib"] / results[0]["peak_rss_gib"]
         summary["pixel_ratio"] = (results[-1]["size"] / results[0]["size"]) ** 2
