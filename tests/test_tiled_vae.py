@@ -105,11 +105,8 @@ def test_waiting_tiles_hold_no_tensors(tv, vae, part):
             geo = tv._Geometry((0, 64, 0, 64), (0, 64, 0, 64), 8)
             program = tv._decoder_program(fsm.decoder, [x], geo)
         del x
-        request = next(program)
+        norm, t, carry = next(program)
         for _ in range(6):  # through the first resblocks, across a level change for the encoder
             assert _tensors_held(program) == []
-            norm, t, carry = request
-            del request
             h = torch.nn.functional.group_norm(t.float(), norm.num_groups, norm.weight, norm.bias, norm.eps)
-            request = program.send((h.to(t.dtype), carry))
-            del t, carry, h
+            norm, t, carry = program.send((h.to(t.dtype), carry))
