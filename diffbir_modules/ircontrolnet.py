@@ -15,6 +15,7 @@ in a ModelPatcher that ComfyUI loads, offloads and evicts like any control model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -730,11 +731,11 @@ def find_ircontrolnets(conditioning) -> list[IRControlNetControl]:
     return found
 
 
-def replace_ircontrolnets(conditionings, fn):
-    """Returns copies of the given CONDITIONING lists in which every IRControlNet control object
-    ``c`` (anywhere in a control chain) is replaced by ``fn(c)``; the controls above it in the chain
-    are copied and re-linked, and an object shared by several entries (positive and negative) stays
-    shared, so ComfyUI still batches cond and uncond together."""
+def control_chain_rebuilder(replace):
+    """A function ``rebuild(control)`` that rebuilds a control chain bottom-up: ``replace(c)`` gives
+    the object to use for ``c`` (``c`` itself to keep it); a kept control whose predecessor changed is
+    shallow-copied and re-linked. Memoised, so an object shared by several conditionings (positive
+    and negative) stays shared and ComfyUI still batches cond and uncond together."""
     memo = {}
 
     def rebuild(control):
@@ -743,16 +744,22 @@ def replace_ircontrolnets(conditionings, fn):
         if id(control) in memo:
             return memo[id(control)]
         prev = rebuild(control.previous_controlnet)
-        if isinstance(control, IRControlNetControl):
-            new = fn(control)
-            new.set_previous_controlnet(prev)
-        elif prev is control.previous_controlnet:
-            new = control
-        else:
-            new = control.copy()
-            new.set_previous_controlnet(prev)
+        new = replace(control)
+        if new is control and prev is not control.previous_controlnet:
+            new = copy.copy(control)
+        if new is not control:
+            new.previous_controlnet = prev
         memo[id(control)] = new
         return new
+
+    return rebuild
+
+
+def replace_ircontrolnets(conditionings, fn):
+    """Returns copies of the given CONDITIONING lists in which every IRControlNet control object
+    ``c`` (anywhere in a control chain) is replaced by ``fn(c)``; the controls above it in the chain
+    are copied and re-linked (``control_chain_rebuilder``)."""
+    rebuild = control_chain_rebuilder(lambda c: fn(c) if isinstance(c, IRControlNetControl) else c)
 
     out = []
     for conditioning in conditionings:

@@ -42,7 +42,7 @@ import comfy.utils
 import torch
 
 from . import tiling
-from .ircontrolnet import IRControlNetControl
+from .ircontrolnet import IRControlNetControl, control_chain_rebuilder
 
 log = logging.getLogger("DiffBIR")
 
@@ -160,27 +160,18 @@ def _window_controls(conds, full_shape, windows, per_window: int, device):
     """Copies of the control chains in ``conds`` prepared for ``windows`` (stock ControlNets get
     sliced hints; IRControlNets read the windows from transformer_options). Objects shared between
     conditionings stay shared so ComfyUI keeps batching cond and uncond."""
-    memo = {}
 
-    def rebuild(control):
-        if control is None:
-            return None
-        if id(control) in memo:
-            return memo[id(control)]
-        prev = rebuild(control.previous_controlnet)
+    def replace(control):
         if isinstance(control, IRControlNetControl):
-            new = control if prev is control.previous_controlnet else copy.copy(control)
-        elif type(control) in (comfy.controlnet.ControlNet, comfy.controlnet.ControlLora):
-            new = _windowed_stock_controlnet(control, full_shape, windows, per_window, device)
-        else:
-            raise TilingError(
-                f"a {type(control).__name__} is attached to the conditioning; DiffBIR tiled sampling slices the "
-                "IRControlNet condition and stock ControlNet/ControlLoRA hints per tile, but cannot window this "
-                "kind of control. Remove it or sample untiled.")
-        if new is not control:
-            new.previous_controlnet = prev
-        memo[id(control)] = new
-        return new
+            return control
+        if type(control) in (comfy.controlnet.ControlNet, comfy.controlnet.ControlLora):
+            return _windowed_stock_controlnet(control, full_shape, windows, per_window, device)
+        raise TilingError(
+            f"a {type(control).__name__} is attached to the conditioning; DiffBIR tiled sampling slices the "
+            "IRControlNet condition and stock ControlNet/ControlLoRA hints per tile, but cannot window this "
+            "kind of control. Remove it or sample untiled.")
+
+    rebuild = control_chain_rebuilder(replace)
 
     out = []
     for cond in conds:

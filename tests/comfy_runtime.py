@@ -80,6 +80,18 @@ def node_class(node_id: str):
     return _state["nodes"].NODE_CLASS_MAPPINGS[node_id]
 
 
+def call_node(node_id: str, *args, **kwargs) -> tuple:
+    """One node's function called directly under inference mode (V3 ``execute`` or the V1
+    ``FUNCTION``), as the executor would; returns its outputs."""
+    import torch
+
+    cls = node_class(node_id)
+    with torch.inference_mode():
+        if hasattr(cls, "define_schema"):
+            return cls.execute(*args, **kwargs).result
+        return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+
+
 class _ServerStandIn:
     """What PromptExecutor needs of the server: ids and a message sink."""
 

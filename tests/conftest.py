@@ -113,3 +113,13 @@ def pytest_runtest_makereport(item, call):
 def pytest_report_header(config):
     return [f"ComfyUI: {comfy_headless.comfyui_root()}", f"test models: {MODELS_DIR}",
             f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}"]
+
+
+@pytest.fixture(scope="module")
+def stage2_small(comfy):
+    """The small random SD 2.x checkpoint loaded through ComfyUI and the small IRControlNet installed:
+    the models of the golden runs made with the official code (tools/goldens)."""
+    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("small"))
+    irc_name = install_model("diffbir", model_factory.ircontrolnet_file("small", 1, "safetensors"))
+    model, clip, vae = comfy.call_node("CheckpointLoaderSimple", ckpt)
+    return {"model": model, "clip": clip, "vae": vae, "irc_name": irc_name}

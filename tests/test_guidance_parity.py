@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import install_model
 from safetensors.torch import load_file
-
-import model_factory
 
 GOLDEN = Path(__file__).parent / "golden" / "guidance"
 SEED = 231
@@ -27,39 +24,26 @@ CASES = {"rgb_wmse": ("w_mse", "rgb"), "latent_mse": ("mse", "latent")}
 
 
 @pytest.fixture(scope="module")
-def models(comfy):
-    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("small"))
-    irc_name = install_model("diffbir", model_factory.ircontrolnet_file("small", 1, "safetensors"))
-    with torch.inference_mode():
-        model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(ckpt)
-    return {"model": model, "clip": clip, "vae": vae, "irc_name": irc_name}
-
-
-def node(comfy, name, *args, **kwargs):
-    cls = comfy.node_class(name)
-    with torch.inference_mode():
-        if hasattr(cls, "define_schema"):
-            return cls.execute(*args, **kwargs).result
-        instance = cls()
-        return getattr(instance, cls.FUNCTION)(*args, **kwargs)
+def models(stage2_small):
+    return stage2_small
 
 
 def run(comfy, models, g, loss, space, scale):
-    model = node(comfy, "DiffBIRModelSampling", models["model"], "v2")[0]
+    model = comfy.call_node("DiffBIRModelSampling", models["model"], "v2")[0]
     image = g["clean"].movedim(1, -1)
-    model = node(comfy, "DiffBIRRestorationGuidance", model, models["vae"], image, scale=scale, loss=loss,
+    model = comfy.call_node("DiffBIRRestorationGuidance", model, models["vae"], image, scale=scale, loss=loss,
                  space=space, repeat=int(g["repeat"]), latent_target="posterior_sample", reference_steps=0,
                  rgb_memory="checkpoint")[0]
-    pos = node(comfy, "DiffBIRTextEncode", models["clip"], "", True, False)[0]
-    neg = node(comfy, "DiffBIRTextEncode", models["clip"], NEGATIVE, True, False)[0]
-    irc = node(comfy, "DiffBIRIRControlNetLoader", models["irc_name"], "v2")[0]
-    pos, neg, latent = node(comfy, "DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image, 1.0)
-    guider = node(comfy, "CFGGuider", model, pos, neg, CFG)[0]
-    sampler = node(comfy, "DiffBIRSpacedSampler", "official")[0]
-    sigmas = node(comfy, "DiffBIRSpacedSigmas", model, STEPS)[0]
-    noise = node(comfy, "RandomNoise", SEED)[0]
-    out = node(comfy, "SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
-    decoded = node(comfy, "VAEDecode", models["vae"], out)[0]
+    pos = comfy.call_node("DiffBIRTextEncode", models["clip"], "", True, False)[0]
+    neg = comfy.call_node("DiffBIRTextEncode", models["clip"], NEGATIVE, True, False)[0]
+    irc = comfy.call_node("DiffBIRIRControlNetLoader", models["irc_name"], "v2")[0]
+    pos, neg, latent = comfy.call_node("DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image, 1.0)
+    guider = comfy.call_node("CFGGuider", model, pos, neg, CFG)[0]
+    sampler = comfy.call_node("DiffBIRSpacedSampler", "official")[0]
+    sigmas = comfy.call_node("DiffBIRSpacedSigmas", model, STEPS)[0]
+    noise = comfy.call_node("RandomNoise", SEED)[0]
+    out = comfy.call_node("SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
+    decoded = comfy.call_node("VAEDecode", models["vae"], out)[0]
     return out["samples"], decoded
 
 

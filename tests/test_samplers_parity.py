@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import install_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -34,51 +33,39 @@ def golden(name):
 
 
 @pytest.fixture(scope="module")
-def models(comfy):
-    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("small"))
-    irc_name = install_model("diffbir", model_factory.ircontrolnet_file("small", 1, "safetensors"))
-    with torch.inference_mode():
-        model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(ckpt)
-    return {"model": model, "clip": clip, "vae": vae, "irc_name": irc_name}
+def models(stage2_small):
+    return stage2_small
 
-
-def node(comfy, name, *args):
-    cls = comfy.node_class(name)
-    with torch.inference_mode():
-        if hasattr(cls, "define_schema"):
-            return cls.execute(*args).result
-        instance = cls()
-        return getattr(instance, cls.FUNCTION)(*args)
 
 
 def encode(comfy, models, text):
     """DiffBIR Text Encode, once per prompt for the whole module (the text encoder is the slow part)."""
     cache = models.setdefault("encoded", {})
     if text not in cache:
-        cache[text] = node(comfy, "DiffBIRTextEncode", models["clip"], text, True, False)[0]
+        cache[text] = comfy.call_node("DiffBIRTextEncode", models["clip"], text, True, False)[0]
     return cache[text]
 
 
 def run_graph(comfy, models, meta, strength, sampler, sigmas_node, noise=None, noise_aug_stream=False):
     version = meta["version"]
-    model = node(comfy, "DiffBIRModelSampling", models["model"], version)[0]
+    model = comfy.call_node("DiffBIRModelSampling", models["model"], version)[0]
     pos, neg = encode(comfy, models, meta["positive"]), encode(comfy, models, meta["negative"])
     g, _ = golden_cache[meta["name"]]
     image = g["cond_img"].movedim(1, -1)
     if strength > 0:
-        irc = node(comfy, "DiffBIRIRControlNetLoader", models["irc_name"], version)[0]
-        pos, neg, latent = node(comfy, "DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image, strength)
+        irc = comfy.call_node("DiffBIRIRControlNetLoader", models["irc_name"], version)[0]
+        pos, neg, latent = comfy.call_node("DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image, strength)
     else:
-        latent = node(comfy, "EmptyLatentImage", image.shape[2], image.shape[1], 1)[0]
+        latent = comfy.call_node("EmptyLatentImage", image.shape[2], image.shape[1], 1)[0]
     seed = int(meta["seed"])
     if int(meta["noise_aug"]) > 0:
-        pos, neg = node(comfy, "DiffBIRConditionNoiseAugment", pos, neg, model, int(meta["noise_aug"]), seed, True)
-    guider = node(comfy, "CFGGuider", model, pos, neg, float(meta["cfg"]))[0]
+        pos, neg = comfy.call_node("DiffBIRConditionNoiseAugment", pos, neg, model, int(meta["noise_aug"]), seed, True)
+    guider = comfy.call_node("CFGGuider", model, pos, neg, float(meta["cfg"]))[0]
     sigmas = sigmas_node(model)
-    noise = noise if noise is not None else node(comfy, "RandomNoise", seed)[0]
-    out = node(comfy, "SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
-    decoded = node(comfy, "VAEDecode", models["vae"], out)[0]
-    fixed = node(comfy, "DiffBIRColorFix", decoded, image, "wavelet")[0]
+    noise = noise if noise is not None else comfy.call_node("RandomNoise", seed)[0]
+    out = comfy.call_node("SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
+    decoded = comfy.call_node("VAEDecode", models["vae"], out)[0]
+    fixed = comfy.call_node("DiffBIRColorFix", decoded, image, "wavelet")[0]
     with torch.inference_mode():
         raw = models["vae"].first_stage_model.decode(out["samples"].to(models["vae"].vae_dtype)).float()
     return {"z": out["samples"] * LATENT_SCALE, "decoded": decoded, "fixed": fixed, "raw_decoded": raw}
@@ -131,15 +118,15 @@ def assert_parity(diffs, latent_tolerance=1e-4):
 
 
 def spaced_sigmas(comfy, steps):
-    return lambda model: node(comfy, "DiffBIRSpacedSigmas", model, steps)[0]
+    return lambda model: comfy.call_node("DiffBIRSpacedSigmas", model, steps)[0]
 
 
 def edm_sigmas(comfy, steps, first="official"):
-    return lambda model: node(comfy, "DiffBIREDMSigmas", model, steps, first)[0]
+    return lambda model: comfy.call_node("DiffBIREDMSigmas", model, steps, first)[0]
 
 
 def edm_sampler(comfy, solver, stream="official"):
-    return node(comfy, "DiffBIREDMSampler", solver, stream, "official_edm", 1.0, 1.0, 0.0, 0.0, 300.0, 1)[0]
+    return comfy.call_node("DiffBIREDMSampler", solver, stream, "official_edm", 1.0, 1.0, 0.0, 0.0, 300.0, 1)[0]
 
 
 def test_golden_ircontrolnet_is_model_factory_small():
@@ -154,7 +141,7 @@ def test_v2_spaced_run(comfy, models):
     g, meta = load_run("run_v2_spaced")
     stream = torch.Generator().manual_seed(int(meta["seed"]))
     assert all(torch.equal(torch.randn(tuple(d.shape), generator=stream), d) for d in g["draws"])
-    sampler = node(comfy, "DiffBIRSpacedSampler", "official")[0]
+    sampler = comfy.call_node("DiffBIRSpacedSampler", "official")[0]
     ours = run_graph(comfy, models, meta, 0.0, sampler, spaced_sigmas(comfy, 4))
     assert_parity(compare(comfy, "v2 spaced", 0.0, ours, g))
 
@@ -193,7 +180,7 @@ def test_v21_edm_euler_with_the_stock_euler_sampler(comfy, models):
     """Strength 1. The deterministic solvers need nothing of ours but the sigmas: stock KSamplerSelect
     euler."""
     g, meta = load_run("run_v21_edm_euler")
-    sampler = node(comfy, "KSamplerSelect", "euler")[0]
+    sampler = comfy.call_node("KSamplerSelect", "euler")[0]
     ours = run_graph(comfy, models, meta, 1.0, sampler, edm_sigmas(comfy, 4))
     assert_parity(compare(comfy, "v2.1 stock euler + EDM sigmas", 1.0, ours, g))
 

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import install_model
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-import model_factory
 
 GOLDEN = Path(__file__).parent / "golden" / "tiling"
 LATENT_SCALE = 0.18215
@@ -38,47 +35,35 @@ def golden(name):
     return load_file(str(path)), meta
 
 
-def node(comfy, name, *args):
-    cls = comfy.node_class(name)
-    with torch.inference_mode():
-        if hasattr(cls, "define_schema"):
-            return cls.execute(*args).result
-        instance = cls()
-        return getattr(instance, cls.FUNCTION)(*args)
-
 
 @pytest.fixture(scope="module")
-def models(comfy):
-    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("small"))
-    irc_name = install_model("diffbir", model_factory.ircontrolnet_file("small", 1, "safetensors"))
-    with torch.inference_mode():
-        model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(ckpt)
-    return {"model": model, "clip": clip, "vae": vae, "irc_name": irc_name}
+def models(stage2_small):
+    return stage2_small
 
 
 def run_ours(comfy, models, meta, tile_batch=1):
     version = meta["version"]
-    model = node(comfy, "DiffBIRModelSampling", models["model"], version)[0]
-    pos = node(comfy, "DiffBIRTextEncode", models["clip"], meta["positive"], True, False)[0]
-    neg = node(comfy, "DiffBIRTextEncode", models["clip"], meta["negative"], True, False)[0]
+    model = comfy.call_node("DiffBIRModelSampling", models["model"], version)[0]
+    pos = comfy.call_node("DiffBIRTextEncode", models["clip"], meta["positive"], True, False)[0]
+    neg = comfy.call_node("DiffBIRTextEncode", models["clip"], meta["negative"], True, False)[0]
     image = condition_image(int(meta["size"]))
     assert float(image.double().sum()) == float(meta["cond_img_sum"])
-    irc = node(comfy, "DiffBIRIRControlNetLoader", models["irc_name"], version)[0]
-    pos, neg, latent = node(comfy, "DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image.movedim(1, -1),
+    irc = comfy.call_node("DiffBIRIRControlNetLoader", models["irc_name"], version)[0]
+    pos, neg, latent = comfy.call_node("DiffBIRApplyIRControlNet", pos, neg, irc, models["vae"], image.movedim(1, -1),
                             1.0, 0.0, 1.0, "noise", "8")
-    model = node(comfy, "DiffBIRTiledSampling", model, int(meta["tile"]), int(meta["stride"]), tile_batch,
+    model = comfy.call_node("DiffBIRTiledSampling", model, int(meta["tile"]), int(meta["stride"]), tile_batch,
                  "gaussian")[0]
-    guider = node(comfy, "CFGGuider", model, pos, neg, float(meta["cfg"]))[0]
+    guider = comfy.call_node("CFGGuider", model, pos, neg, float(meta["cfg"]))[0]
     steps = int(meta["steps"])
     if meta["sampler"] == "spaced":
-        sampler = node(comfy, "DiffBIRSpacedSampler", "official")[0]
-        sigmas = node(comfy, "DiffBIRSpacedSigmas", model, steps)[0]
+        sampler = comfy.call_node("DiffBIRSpacedSampler", "official")[0]
+        sigmas = comfy.call_node("DiffBIRSpacedSigmas", model, steps)[0]
     else:
-        sampler = node(comfy, "DiffBIREDMSampler", "euler", "official", "official_edm", 1.0, 1.0, 0.0, 0.0, 300.0,
+        sampler = comfy.call_node("DiffBIREDMSampler", "euler", "official", "official_edm", 1.0, 1.0, 0.0, 0.0, 300.0,
                        1)[0]
-        sigmas = node(comfy, "DiffBIREDMSigmas", model, steps, "official")[0]
-    noise = node(comfy, "RandomNoise", int(meta["seed"]))[0]
-    out = node(comfy, "SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
+        sigmas = comfy.call_node("DiffBIREDMSigmas", model, steps, "official")[0]
+    noise = comfy.call_node("RandomNoise", int(meta["seed"]))[0]
+    out = comfy.call_node("SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
     return out["samples"], pos[0][1]["control"].condition
 
 
