@@ -241,7 +241,8 @@ def _widget_input_names(node_info: dict) -> list[tuple[str, dict]]:
     for group, spec in (("required", required), ("optional", optional)):
         for name in order.get(group, list(spec)):
             kind, options = spec[name][0], (spec[name][1] if len(spec[name]) > 1 else {})
-            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) \
+                    and not options.get("forceInput"):  # socket only: no widget value is stored
                 names.append((name, options))
     return names
 

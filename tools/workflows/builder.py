@@ -44,7 +44,9 @@ def _widget_specs(info: dict) -> list[tuple[str, object, dict]]:
         for name in order.get(group, list(spec)):
             kind = spec[name][0]
             options = spec[name][1] if len(spec[name]) > 1 else {}
-            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+            # forceInput: a socket only, the web UI makes no widget (and stores no value) for it
+            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) \
+                    and not options.get("forceInput"):
                 out.append((name, kind, options))
     return out
 
