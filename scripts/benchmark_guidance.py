@@ -11,7 +11,7 @@ gradients + backward) through diffbir_modules/guidance.py. Peak = the process's 
 (VmHWM, reset just before the call) minus its resident memory before the call: on the CPU that is
 every tensor of the computation (fp32). "decode" is a plain VAE decode without gradients, for scale.
 
-steps: the in-process ComfyUI runtime samples the tiny random SD 2.x checkpoint (KSampler, euler,
+steps: the in-process ComfyUI runtime samples the random SD 2.x checkpoint (--variant; KSampler, euler,
 cfg 4) at the given size, unguided and with guidance in latent and rgb space (w_mse); time per step
 is the run's time over its steps, the guidance overhead is the difference to unguided.
 """
@@ -169,7 +169,7 @@ def run_steps(args):
     import model_factory
 
     comfy_runtime.start(Path(tempfile.mkdtemp(prefix="diffbir-bench-")) / "in-process", MODELS_DIR)
-    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint("tiny"))
+    ckpt = install_model("checkpoints", model_factory.sd2_checkpoint(args.variant))
 
     def node(name, *a, **k):
         cls = comfy_runtime.node_class(name)
@@ -198,7 +198,8 @@ def run_steps(args):
         print(f"{label}: {per_step:.2f} s/step", flush=True)
     base = rows[0][1]
     print()
-    print(f"| {args.size}^2, tiny UNet, euler, cfg 4, {args.threads} CPU threads | s/step | guidance overhead |")
+    print(f"| {args.size}^2, {args.variant} UNet, euler, cfg 4, {args.threads} CPU threads | s/step "
+          "| guidance overhead |")
     print("|---|---|---|")
     for label, per_step in rows:
         overhead = "" if label == "unguided" else f"+{per_step - base:.2f} s ({per_step / base:.2f}x)"
@@ -211,6 +212,8 @@ def main():
     parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--mode", choices=["decode", "full", "checkpoint", "tiled"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--variant", default="tiny", choices=["tiny", "small", "full"], help=(
+        "steps: the SD 2.x UNet size (the VAE is full size in all of them, so the guidance's own cost is the same)"))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     parser.add_argument("--wait", type=int, default=1800, help="seconds to wait for free memory per case")
     parser.add_argument("--cases", nargs="+", help="size:mode pairs, e.g. 512:tiled 1024:checkpoint")
