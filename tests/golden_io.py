@@ -55,3 +55,13 @@ def compare(golden: dict, ours, prefix: str) -> dict:
 def load(path) -> dict:
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+def load_safetensors(path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a golden safetensors file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(path)), meta

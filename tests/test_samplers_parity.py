@@ -11,10 +11,9 @@ schedule, text path); strength 1 adds the IRControlNet."""
 import json
 from pathlib import Path
 
+import golden_io
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import model_factory
 
@@ -26,10 +25,7 @@ RESULTS = {}  # name -> measured max abs differences, printed at the end of the 
 
 
 def golden(name):
-    path = GOLDEN / f"{name}.safetensors"
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(path)), meta
+    return golden_io.load_safetensors(GOLDEN / f"{name}.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import json
 import os
 from pathlib import Path
 
+import golden_io
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 GOLDEN = Path(__file__).parent / "golden" / "tiling"
 LATENT_SCALE = 0.18215
@@ -29,11 +28,7 @@ def condition_image(size: int) -> torch.Tensor:
 
 
 def golden(name):
-    path = GOLDEN / f"{name}.safetensors"
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(path)), meta
-
+    return golden_io.load_safetensors(GOLDEN / f"{name}.safetensors")
 
 
 @pytest.fixture(scope="module")
