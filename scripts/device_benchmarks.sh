@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures (issues 4 and 7) in one run on a lent GPU machine, which has PyTorch but not ComfyUI's
-# other requirements and no network. What it needs travels with the working tree (all git-ignored):
-#   .whl/        wheels of ComfyUI requirements missing there (pip download --no-deps, cp312 manylinux)
-#   .devcarry/comfyui  a copy of .comfyui without caches and unused tokenizers
-#   .devcarry/stubs/av a stand-in for PyAV (35 MB wheel; only ComfyUI's video nodes use it, never imported here)
+# other requirements and no network. tools/device/prepare.sh makes what travels (git-ignored; name
+# .whl and .devcarry in the device tool's carry): wheels of the missing requirements and a slim
+# copy of .comfyui; tools/device/stubs/av stands in for PyAV (only ComfyUI's video nodes use it).
 # Usage there: scripts/device_benchmarks.sh OUT_DIR [variant]   (variant tiny = a quick local check)
 set -euo pipefail
 out=${1:?output folder}
@@ -14,7 +13,7 @@ mkdir -p "$out"
 if [ -z "${SKIP_WHEELS:-}" ] && compgen -G ".whl/*.whl" > /dev/null && [ ! -d /tmp/site ]; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
-export PYTHONPATH="/tmp/site:$PWD/.devcarry/stubs${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="/tmp/site:$PWD/tools/device/stubs${PYTHONPATH:+:$PYTHONPATH}"
 export COMFYUI_PATH="$PWD/.devcarry/comfyui" PYTHONUNBUFFERED=1
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
