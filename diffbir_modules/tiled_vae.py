@@ -88,140 +88,122 @@ def _request(norm, box: list) -> tuple:
 
 def _resblock(block, box: list) -> Generator:
     """ComfyUI's ResnetBlock forward (no time embedding, dropout off), yielding at its GroupNorms.
-    ``box`` holds the input and is emptied (see ``_request``)."""
+    ``box`` holds the input and is emptied (see ``_request``). A channel-changing shortcut is applied
+    before the second GroupNorm instead of at the end (the same values), so a waiting tile parks
+    ``out_channels`` for it, not ``in_channels``."""
     x = box.pop()
     box[:] = [x, x]
     del x
     h, (x,) = yield _request(block.norm1, box)
     h = block.conv1(_silu(h))
+    if block.in_channels != block.out_channels:
+        x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
     box[:] = [h, x]
     del h, x
     h, (x,) = yield _request(block.norm2, box)
     h = block.conv2(_silu(h))
-    if block.in_channels != block.out_channels:
-        x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
     return x + h
 
 
-def _decoder_levels(dec):
+# -- segments: the unit between whole-image feature maps ----------------------------------------------------
+UP, SAME, DOWN = "up", "same", "down"
+TILE_HALO_PX = 16  # for memory estimates: the largest halo of a segment, in image pixels
+
+
+def _decoder_levels(dec) -> list[int]:
     return list(reversed(range(dec.num_resolutions)))
 
 
-def decoder_margin(dec) -> int:
-    """Receptive-field margin (latent pixels) of the decoder after its mid block: every 3x3 conv
-    widens a tile-edge error by one element at its resolution; nearest upsampling doubles it."""
-    width, scale = 0, 1
-    for level in _decoder_levels(dec):
-        width += 2 * (dec.num_res_blocks + 1)
-        if level != 0:
-            width = width * 2 + 1
-            scale *= 2
-    width += 1  # conv_out
-    return math.ceil(width / scale)
+class _Segment:
+    """One resblock (with the upsample, downsample or first conv in front of it), or the decoder's
+    output head. Between segments the feature map exists exactly (every element computed by the tile
+    that owns it), so a tile's next input is cut from it with only this segment's ``halo`` (its
+    receptive field, in elements at its input resolution): no tile carries the receptive field of the
+    rest of the network. ``resample``: UP/DOWN when the segment starts with a x2 upsample/downsample;
+    ``norms``: how many GroupNorms it yields at; ``channels``: the block's (in, out) channels."""
+
+    def __init__(self, level: int, program: Callable[[list], Generator], norms: int, halo: int, resample: str,
+                 channels: tuple[int, int]):
+        self.level, self.program, self.norms, self.halo, self.resample = level, program, norms, halo, resample
+        self.channels = channels
 
 
-def encoder_margin(enc) -> int:
-    """Receptive-field margin (input pixels) of the encoder before its mid block, a multiple of 8: a
-    3x3 conv widens a tile-edge error by one element; a stride-2 downsample maps e to ceil((e+2)/2)."""
-    width, step = 1, 1  # conv_in
-    for level in range(enc.num_resolutions):
-        width += 2 * enc.num_res_blocks
-        if level != enc.num_resolutions - 1:
-            width = math.ceil((width + 2) / 2)
-            step *= 2
-    return math.ceil(width * step / 8) * 8
-
-
-def _decoder_program(dec, box: list, geo) -> Generator:
-    """The decoder from the mid block's output to the image, for one tile (yields at GroupNorms).
-    ``box`` = [the tile's input], emptied (no local keeps a tensor across a yield: see ``_request``)."""
+def _decoder_segments(dec) -> list[_Segment]:
+    """The decoder from the mid block's output to the image (levels from 1/8 to full resolution)."""
     levels = _decoder_levels(dec)
-    remaining = _decoder_remaining(dec)
+
+    def block(level: int, index: int, upsample: bool):
+        def program(box: list) -> Generator:
+            if upsample:
+                box[:] = [dec.up[level + 1].upsample(box.pop())]
+            return (yield from _resblock(dec.up[level].block[index], box))
+        return program
+
+    def head(box: list) -> Generator:
+        h, _ = yield _request(dec.norm_out, box)
+        h = dec.conv_out(_silu(h))
+        if getattr(dec, "tanh_out", False):
+            h = torch.tanh(h)
+        return h
+
+    segments = []
     for level in levels:
-        box[:] = [geo.crop(box.pop(), remaining[level])]
-        for i_block in range(dec.num_res_blocks + 1):
-            x = yield from _resblock(dec.up[level].block[i_block], box)
-            box[:] = [x]
-            del x
-        if level != 0:
-            box[:] = [dec.up[level].upsample(box.pop())]
-            geo.step //= 2
-    h, _ = yield _request(dec.norm_out, box)
-    h = dec.conv_out(_silu(h))
-    if getattr(dec, "tanh_out", False):
-        h = torch.tanh(h)
-    return h
+        for index in range(dec.num_res_blocks + 1):
+            res = dec.up[level].block[index]
+            upsample = index == 0 and level != levels[0]
+            # 3x3 convs: two in the block, one after the nearest x2 upsample (3 elements = 2 before it)
+            segments.append(_Segment(level, block(level, index, upsample), 2, 2, UP if upsample else SAME,
+                                     (res.in_channels, res.out_channels)))
+    last = dec.up[levels[-1]].block[-1].out_channels
+    return segments + [_Segment(levels[-1], head, 1, 1, SAME, (last, last))]
 
 
-def _decoder_remaining(dec) -> dict:
-    """Margin (image pixels) still needed at the start of each decoder level."""
-    out = {}
-    levels = _decoder_levels(dec)
-    for index, level in enumerate(levels):
-        width, scale_px = 0, 8 >> index  # element size in image px at this level
-        for later in levels[index:]:
-            width += 2 * (dec.num_res_blocks + 1)
-            if later != 0:
-                width = width * 2 + 1
-                scale_px //= 2
-        width += 1
-        out[level] = math.ceil(width * scale_px / 8) * 8
-    return out
+def _encoder_segments(enc) -> list[_Segment]:
+    """The encoder from the image to the input of its mid block (levels from full to 1/8 resolution)."""
 
+    def block(level: int, index: int):
+        def program(box: list) -> Generator:
+            if index == 0:
+                if level == 0:
+                    box[:] = [enc.conv_in(box.pop())]
+                else:
+                    box[:] = [enc.down[level - 1].downsample(box.pop())]
+            return (yield from _resblock(enc.down[level].block[index], box))
+        return program
 
-def _encoder_program(enc, box: list, geo) -> Generator:
-    """The encoder from the image to the input of its mid block, for one tile. ``box`` = [the tile's
-    input], emptied (no local keeps a tensor across a yield: see ``_request``)."""
-    remaining = _encoder_remaining(enc)
-    box[:] = [enc.conv_in(box.pop())]
+    segments = []
     for level in range(enc.num_resolutions):
-        if level:
-            box[:] = [geo.crop(box.pop(), remaining[level])]
-        for i_block in range(enc.num_res_blocks):
-            h = yield from _resblock(enc.down[level].block[i_block], box)
-            box[:] = [h]
-            del h
-        if level != enc.num_resolutions - 1:
-            box[:] = [enc.down[level].downsample(box.pop())]
-            geo.step *= 2
+        for index in range(enc.num_res_blocks):
+            res = enc.down[level].block[index]
+            if index:
+                halo, resample = 2, SAME
+            elif level == 0:
+                halo, resample = 3, SAME  # conv_in + the block's two convs
+            else:  # stride-2 conv (pad right/bottom) feeding two convs: 4 before, 5 after; even keeps the grid
+                halo, resample = 6, DOWN
+            segments.append(_Segment(level, block(level, index), 2, halo, resample,
+                                     (res.in_channels, res.out_channels)))
+    return segments
+
+
+def _chain(segments: list[_Segment], box: list) -> Generator:
+    """Segments one after the other on one tensor (a whole image, or a test's tile)."""
+    for segment in segments:
+        x = yield from segment.program(box)
+        box[:] = [x]
+        del x
     return box.pop()
 
 
-def _encoder_remaining(enc) -> dict:
-    out = {}
-    for start in range(1, enc.num_resolutions):
-        width, step = 0, 2 ** start
-        for level in range(start, enc.num_resolutions):
-            width += 2 * enc.num_res_blocks
-            if level != enc.num_resolutions - 1:
-                width = math.ceil((width + 2) / 2)
-                step *= 2
-        out[start] = math.ceil(width * step / 8) * 8
-    return out
+def _decoder_program(dec, box: list) -> Generator:
+    return _chain(_decoder_segments(dec), box)
+
+
+def _encoder_program(enc, box: list) -> Generator:
+    return _chain(_encoder_segments(enc), box)
 
 
 # -- tiles -----------------------------------------------------------------------------------------------
-class _Geometry:
-    """Where a tile's current tensor lies, in image pixels: ``cur`` (top, bottom, left, right) of the
-    tensor, ``own`` the region this tile is responsible for; ``step`` image pixels per element."""
-
-    def __init__(self, own, cur, step: int):
-        self.own, self.cur, self.step = own, cur, step
-
-    def own_slice(self):
-        (t, b, left, r), (ct, _, cl, _), s = self.own, self.cur, self.step
-        return slice((t - ct) // s, (b - ct) // s), slice((left - cl) // s, (r - cl) // s)
-
-    def crop(self, x: torch.Tensor, margin: int) -> torch.Tensor:
-        t, b, left, r = self.own
-        ct, cb, cl, cr = self.cur
-        nt, nb, nl, nr = max(ct, t - margin), min(cb, b + margin), max(cl, left - margin), min(cr, r + margin)
-        s = self.step
-        x = x[..., (nt - ct) // s:(nb - ct) // s, (nl - cl) // s:(nr - cl) // s]
-        self.cur = (nt, nb, nl, nr)
-        return x
-
-
 def _splits(length: int, tile: int, unit: int = 8) -> list[tuple[int, int]]:
     """Even split of ``length`` pixels into ceil(length / tile) parts on multiples of ``unit``."""
     n = max(1, math.ceil(length / tile))
@@ -231,18 +213,100 @@ def _splits(length: int, tile: int, unit: int = 8) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def _tiles(h: int, w: int, tile: int, margin: int) -> list[tuple[tuple, tuple]]:
-    """(own, input) regions in image pixels; inputs are own +- margin, clipped to the image."""
-    out = []
-    for top, bottom in _splits(h, tile):
-        for left, right in _splits(w, tile):
-            own = (top, bottom, left, right)
-            cur = (max(0, top - margin), min(h, bottom + margin), max(0, left - margin), min(w, right + margin))
-            out.append((own, cur))
-    return out
+def _tiles(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """The tiles' own regions (top, bottom, left, right) in image pixels, on multiples of 8."""
+    return [(top, bottom, left, right) for top, bottom in _splits(h, tile) for left, right in _splits(w, tile)]
 
 
-# -- the lockstep engine ---------------------------------------------------------------------------------
+def _scaled(region, step: int) -> tuple[int, int, int, int]:
+    return tuple(v // step for v in region)
+
+
+def _intersect(a, b):
+    t, bo, le, r = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+    return (t, bo, le, r) if t < bo and le < r else None
+
+
+class _TiledMap:
+    """A whole-image feature map [1, C, H/step, W/step] kept as the tiles' own regions: one chunk per
+    tile, no overlap, so it takes exactly the memory of the untiled map. ``owns`` in image pixels."""
+
+    def __init__(self, owns: list, step: int, height: int, width: int):
+        self.owns, self.step = owns, step
+        self.height, self.width = height // step, width // step
+        self.chunks: list[torch.Tensor | None] = [None] * len(owns)
+
+    def own(self, i: int):
+        return _scaled(self.owns[i], self.step)
+
+    def region(self, i: int, halo: int):
+        t, b, left, r = self.own(i)
+        return max(0, t - halo), min(self.height, b + halo), max(0, left - halo), min(self.width, r + halo)
+
+    def _paste(self, out: torch.Tensor, region, source_region, source: torch.Tensor) -> None:
+        part = _intersect(region, source_region)
+        if part is not None:
+            t, b, left, r = part
+            out[..., t - region[0]:b - region[0], left - region[2]:r - region[2]] = \
+                source[..., t - source_region[0]:b - source_region[0], left - source_region[2]:r - source_region[2]]
+
+    def cut(self, i: int, halo: int) -> torch.Tensor:
+        """Tile ``i``'s own region plus ``halo`` elements from its neighbours (a new tensor)."""
+        region = self.region(i, halo)
+        first = next(c for c in self.chunks if c is not None)
+        out = first.new_empty((*first.shape[:2], region[1] - region[0], region[3] - region[2]))
+        for j, chunk in enumerate(self.chunks):
+            self._paste(out, region, self.own(j), chunk)
+        return out
+
+    def consume(self, halo: int) -> Generator:
+        """(i, cut) for every tile, freeing each chunk as soon as its tile is cut: the neighbours'
+        halo strips are copied out first, so the map never exists twice."""
+        strips = []
+        for i in range(len(self.owns)):
+            region = self.region(i, halo)
+            mine = []
+            for j, chunk in enumerate(self.chunks):
+                part = _intersect(region, self.own(j)) if j != i else None
+                if part is not None:
+                    own = self.own(j)
+                    mine.append((part, chunk[..., part[0] - own[0]:part[1] - own[0],
+                                             part[2] - own[2]:part[3] - own[2]].clone()))
+            strips.append(mine)
+        for i in range(len(self.owns)):
+            region = self.region(i, halo)
+            chunk = self.chunks[i]
+            out = chunk.new_empty((*chunk.shape[:2], region[1] - region[0], region[3] - region[2]))
+            self._paste(out, region, self.own(i), chunk)
+            for part, strip in strips[i]:
+                self._paste(out, region, part, strip)
+            self.chunks[i] = None
+            strips[i] = None
+            del chunk
+            yield i, out
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [c for c in self.chunks if c is not None]
+
+
+def _output_origin(region, resample: str) -> tuple[int, int]:
+    """(top, left) of a segment's output for an input ``region``, at the output resolution."""
+    if resample == UP:
+        return region[0] * 2, region[2] * 2
+    if resample == DOWN:  # stride 2 from an even start
+        return region[0] // 2, region[2] // 2
+    return region[0], region[2]
+
+
+def _out_step(step: int, resample: str) -> int:
+    return step // 2 if resample == UP else step * 2 if resample == DOWN else step
+
+
+def _own_slices(own, origin):
+    return slice(own[0] - origin[0], own[1] - origin[0]), slice(own[2] - origin[1], own[3] - origin[1])
+
+
+# -- the engine --------------------------------------------------------------------------------------------
 class _Stats:
     """Whole-image GroupNorm statistics from per-tile partial ones (Chan et al.'s parallel update)."""
 
@@ -287,60 +351,171 @@ def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) ->
     return y.to(dtype)
 
 
-def _run_lockstep(make_program: Callable, inputs: list[torch.Tensor], geos: list[_Geometry], device, park,
-                  on_step: Callable[[], None] | None = None) -> list[torch.Tensor]:
-    """Runs one program per tile in lockstep between GroupNorms; returns each tile's output (parked)."""
-    programs = []
-    requests = []
+class _Meter:
+    """Peak bytes of the parked state (feature maps, strips, waiting tiles' tensors), for tests and
+    benchmarks: storages counted once, however many views share them."""
+
+    def __init__(self):
+        self.peak_bytes = 0
+
+    def measure(self, *groups) -> None:
+        seen = {}
+        for group in groups:
+            for t in group:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    seen[storage.data_ptr()] = storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, sum(seen.values()))
+
+
+def _lockstep(segment: _Segment, source: _TiledMap, target: _TiledMap, device, park, on_pass, meter) -> None:
+    """Every tile advances to the segment's next GroupNorm; what it hands out is parked until the
+    whole-image statistics are known. Fast; parks up to twice ``out_channels`` per element."""
+    programs, requests, origins = {}, {}, {}
     stats = _Stats()
-    for x, geo in zip(inputs, geos):
-        program = make_program([x.to(device)], geo)
-        request = next(program)
-        norm, t, carry = request
-        rows, cols = geo.own_slice()
+
+    def advance(i, request_or_value, finished):
+        own = target.own(i)
+        rows, cols = _own_slices(own, origins[i])
+        if finished:
+            target.chunks[i] = request_or_value[..., rows, cols].to(park)
+            return
+        norm, t, carry = request_or_value
         stats.add(t[..., rows, cols], norm.num_groups)
-        programs.append(program)
-        requests.append((norm, t.to(park), tuple(c.to(park) for c in carry)))
-        del request, t, carry
-    outputs = [None] * len(programs)
-    while any(r is not None for r in requests):
+        requests[i] = (norm, t.to(park), tuple(c.to(park) for c in carry))
+
+    for i, x in source.consume(segment.halo):
+        origins[i] = _output_origin(source.region(i, segment.halo), segment.resample)
+        programs[i] = segment.program([x.to(device)])
+        del x
+        advance(i, next(programs[i]), False)
+        if meter:
+            meter.measure(source.tensors(), [t for r in requests.values() for t in (r[1], *r[2])])
+    on_pass()
+    while requests:
         mean, var = stats.result()
         stats = _Stats()
         comfy.model_management.throw_exception_if_processing_interrupted()
-        for i, program in enumerate(programs):
-            if requests[i] is None:
-                continue
-            norm, t, carry = requests[i]
-            requests[i] = None
+        for i in list(requests):
+            norm, t, carry = requests.pop(i)
             h = _group_norm(norm, t.to(device), mean, var)
             carry = tuple(c.to(device) for c in carry)
             del t
             try:
-                request = program.send((h, carry))
+                advance(i, programs[i].send((h, carry)), False)
             except StopIteration as done:
-                outputs[i] = done.value.to(park)
-                continue
+                advance(i, done.value, True)
+                del programs[i]
             finally:
                 del h, carry
-            norm, t, carry = request
-            rows, cols = geos[i].own_slice()
+            if meter:
+                meter.measure(target.tensors(), [t for r in requests.values() for t in (r[1], *r[2])])
+        on_pass()
+
+
+def _replay(segment: _Segment, source: _TiledMap, target: _TiledMap, device, park, on_pass, meter) -> None:
+    """Parks only the segment's input: each GroupNorm's statistics come from a pass that runs every
+    tile from the input up to that GroupNorm (the earlier ones normalised with their known
+    statistics), and a last pass produces the output. Costs the segment's first half again per
+    GroupNorm; parks ``max(in, out)`` channels per element instead of twice ``out``."""
+    known = []
+    while True:
+        stats = _Stats()
+        final = len(known) == segment.norms
+        tiles = source.consume(segment.halo) if final else ((i, source.cut(i, segment.halo))
+                                                             for i in range(len(source.owns)))
+        for i, x in tiles:
+            origin = _output_origin(source.region(i, segment.halo), segment.resample)
+            rows, cols = _own_slices(target.own(i), origin)
+            program = segment.program([x.to(device)])
+            del x
+            try:
+                request = next(program)
+                for mean, var in known:
+                    norm, t, carry = request
+                    del request
+                    h = _group_norm(norm, t, mean, var)
+                    del t
+                    request = program.send((h, carry))
+                    del h, carry
+            except StopIteration as done:
+                if not final:
+                    raise RuntimeError("a VAE segment ended before its GroupNorms") from None
+                target.chunks[i] = done.value[..., rows, cols].to(park)
+                if meter:
+                    meter.measure(source.tensors(), target.tensors())
+                continue
+            norm, t, _ = request
+            del request
             stats.add(t[..., rows, cols], norm.num_groups)
-            requests[i] = (norm, t.to(park), tuple(c.to(park) for c in carry))
-            del request, t, carry
-        if on_step is not None:
-            on_step()
-    return outputs
+            del t
+            program.close()
+            if meter:
+                meter.measure(source.tensors(), target.tensors())
+        on_pass()
+        if final:
+            return
+        known.append(stats.result())
+        comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def decoder_norm_count(dec) -> int:
-    return dec.num_resolutions * (dec.num_res_blocks + 1) * 2 + 1
+def _park_bytes(segment: _Segment, elements: int, element_size: int, replay: bool) -> int:
+    """Parked bytes while ``segment`` runs, ``elements`` per channel at its output resolution."""
+    c_in, c_out = segment.channels
+    if not replay:  # the resampled input at the first GroupNorm, then the block's h and shortcut
+        return max(c_in, 2 * c_out) * elements * element_size
+    inputs = elements // 4 if segment.resample == UP else elements * 4 if segment.resample == DOWN else elements
+    return max(c_in * inputs, c_out * elements) * element_size
 
 
-def encoder_norm_count(enc) -> int:
-    return enc.num_resolutions * enc.num_res_blocks * 2
+def _choose_replay(segments: list[_Segment], steps: list[int], height: int, width: int, element_size: int,
+                   budget: float) -> set[int]:
+    """Levels to replay: none when lockstep's parked state fits ``budget`` bytes, else the level with
+    the largest parked state, then the next, while that lowers the peak."""
+    def peaks(replay: set[int]) -> dict[int, int]:
+        out = {}
+        for segment, step in zip(segments, steps):
+            size = _park_bytes(segment, (height // step) * (width // step), element_size, segment.level in replay)
+            out[segment.level] = max(out.get(segment.level, 0), size)
+        return out
+
+    replay: set[int] = set()
+    while True:
+        current = peaks(replay)
+        worst = max(current.values())
+        if worst <= budget or any(current[level] == worst for level in replay):
+            return replay  # fits, or the largest is a replayed level already: replaying more cannot help
+        replay |= {level for level, size in current.items() if size == worst}
+
+
+def _segment_steps(segments: list[_Segment], step: int) -> list[int]:
+    """Pixels per element at each segment's output."""
+    out = []
+    for segment in segments:
+        step = _out_step(step, segment.resample)
+        out.append(step)
+    return out
+
+
+def _run(segments: list[_Segment], first: _TiledMap, device, park, replay: set[int], on_pass, meter) -> _TiledMap:
+    source = first
+    for segment in segments:
+        step = _out_step(source.step, segment.resample)
+        target = _TiledMap(source.owns, step, source.height * source.step, source.width * source.step)
+        run = _replay if segment.level in replay else _lockstep
+        run(segment, source, target, device, park, on_pass, meter)
+        source = target
+    return source
+
+
+def _passes(segments: list[_Segment]) -> int:
+    return sum(segment.norms + 1 for segment in segments)
 
 
 # -- public API ---------------------------------------------------------------------------------------
+REPLAY_SHARE = 8  # lockstep may park up to 1/8 of the parking device's free memory; above, levels replay
+
+
 def _devices(vae):
     device = vae.device
     park = comfy.model_management.intermediate_device()
@@ -361,10 +536,30 @@ def _pick_tile(fits: Callable[[int], bool], tile_size: int, longest: int) -> int
     return AUTO_TILES[-1]
 
 
-def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True) -> torch.Tensor:
+def _replay_levels(segments, start_step: int, height: int, width: int, dtype, park, replay) -> set[int]:
+    """``replay``: None = chosen from the parking device's free memory; True/False = every level / none;
+    or the levels themselves (0 = full resolution)."""
+    levels = {segment.level for segment in segments}
+    if isinstance(replay, bool):
+        return levels if replay else set()
+    if replay is not None:
+        return set(replay) & levels
+    budget = comfy.model_management.get_free_memory(park) / REPLAY_SHARE
+    return _choose_replay(segments, _segment_steps(segments, start_step), height, width,
+                          comfy.model_management.dtype_size(dtype), budget)
+
+
+def _tiled(segments, first: _TiledMap, device, park, replay: set[int], bar, meter) -> _TiledMap:
+    log.debug("DiffBIR tiled VAE: replaying levels %s", sorted(replay))
+    return _run(segments, first, device, park, replay, (lambda: bar.update(1)) if bar is not None else (lambda: None),
+                meter)
+
+
+def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
+           replay: bool | set[int] | None = None, meter: _Meter | None = None) -> torch.Tensor:
     """IMAGE [B, H, W, 3] in [0, 1] from an unscaled LATENT [B, 4, h, w], tiled exactly (see module
     docstring). ``tile_size`` in image pixels; 0 = automatic (ComfyUI's untiled decode when the
-    whole image fits in free memory)."""
+    whole image fits in free memory). ``replay``: see ``_replay_levels`` (the result is the same)."""
     validate_tile(tile_size)
     if not tile_size and not hasattr(vae.first_stage_model, "decoder"):
         return vae.decode(latent)
@@ -372,13 +567,12 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True)
     fsm = vae.first_stage_model
     dec = fsm.decoder
     b, _, h, w = latent.shape
-    margin = decoder_margin(dec) * 8
     dtype = vae.vae_dtype
 
     def memory(tile: int) -> float:
         if not tile:
             return vae.memory_used_decode((1, 4, h, w), dtype)
-        t = (tile + 2 * margin) // 8
+        t = (tile + 2 * TILE_HALO_PX) // 8
         whole_mid = 512 * h * w * 4 * comfy.model_management.dtype_size(dtype)
         return vae.memory_used_decode((1, 4, min(h, t), min(w, t)), dtype) + whole_mid
 
@@ -389,10 +583,12 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True)
         log.info("DiffBIR VAE decode: %dx%d px untiled", w * 8, h * 8)
         return vae.decode(latent)
     device, park = _devices(vae)
-    regions = _tiles(h * 8, w * 8, tile, margin)
-    log.info("DiffBIR VAE decode: %dx%d px in %d exact tiles of %d px (margin %d px)", w * 8, h * 8, len(regions),
-             tile, margin)
-    bar = comfy.utils.ProgressBar(b * decoder_norm_count(dec)) if progress else None
+    owns = _tiles(h * 8, w * 8, tile)
+    segments = _decoder_segments(dec)
+    levels = _replay_levels(segments, 8, h * 8, w * 8, dtype, park, replay)
+    log.info("DiffBIR VAE decode: %dx%d px in %d exact tiles of %d px%s", w * 8, h * 8, len(owns), tile,
+             f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
+    bar = comfy.utils.ProgressBar(b * _passes(segments)) if progress else None
     out = torch.empty((b, h * 8, w * 8, 3), dtype=torch.float32, device=vae.output_device)
     for i in range(b):
         with torch.inference_mode():
@@ -401,22 +597,22 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True)
             x = dec.conv_in(x)
             x = dec.mid.block_1(x, None)
             x = dec.mid.attn_1(x)
-            x = dec.mid.block_2(x, None)
-            geos, inputs = [], []
-            for own, cur in regions:
-                geos.append(_Geometry(own, cur, 8))
-                inputs.append(x[..., cur[0] // 8:cur[1] // 8, cur[2] // 8:cur[3] // 8].to(park))
+            x = dec.mid.block_2(x, None).to(park)
+            first = _TiledMap(owns, 8, h * 8, w * 8)
+            for j in range(len(owns)):
+                t, bo, le, r = first.own(j)
+                first.chunks[j] = x[..., t:bo, le:r]
             del x, z
-            tiles = _run_lockstep(lambda t, g: _decoder_program(dec, t, g), inputs, geos, device, park,
-                                  on_step=(lambda: bar.update(1)) if bar is not None else None)
-            for geo, (own, _), tile_out in zip(geos, regions, tiles):
-                rows, cols = geo.own_slice()
-                piece = vae.process_output(tile_out[..., rows, cols].float())
+            image = _tiled(segments, first, device, park, levels, bar, meter)
+            for j, own in enumerate(owns):
+                piece = vae.process_output(image.chunks[j].float())
+                image.chunks[j] = None
                 out[i, own[0]:own[1], own[2]:own[3]] = piece[0].movedim(0, -1).to(out.device)
     return out
 
 
-def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True) -> torch.Tensor:
+def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
+           replay: bool | set[int] | None = None, meter: _Meter | None = None) -> torch.Tensor:
     """Unscaled LATENT samples [B, 4, H/8, W/8] (posterior mode, as ComfyUI's VAE.encode) from IMAGE
     [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic."""
     validate_tile(tile_size)
@@ -427,13 +623,12 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True)
     b, h, w, _ = pixels.shape
     fsm = vae.first_stage_model
     enc = fsm.encoder
-    margin = encoder_margin(enc)
     dtype = vae.vae_dtype
 
     def memory(tile: int) -> float:
         if not tile:
             return vae.memory_used_encode((1, 3, h, w), dtype)
-        t = tile + 2 * margin
+        t = tile + 2 * TILE_HALO_PX
         return vae.memory_used_encode((1, 3, min(h, t), min(w, t)), dtype)
 
     comfy.model_management.load_models_gpu([vae.patcher], memory_required=memory(tile_size or 256))
@@ -443,30 +638,30 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True)
         log.info("DiffBIR VAE encode: %dx%d px untiled", w, h)
         return vae.encode(pixels)
     device, park = _devices(vae)
-    regions = _tiles(h, w, tile, margin)
-    log.info("DiffBIR VAE encode: %dx%d px in %d exact tiles of %d px (margin %d px)", w, h, len(regions), tile,
-             margin)
-    bar = comfy.utils.ProgressBar(b * encoder_norm_count(enc)) if progress else None
+    owns = _tiles(h, w, tile)
+    segments = _encoder_segments(enc)
+    levels = _replay_levels(segments, 1, h, w, dtype, park, replay)
+    log.info("DiffBIR VAE encode: %dx%d px in %d exact tiles of %d px%s", w, h, len(owns), tile,
+             f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
+    bar = comfy.utils.ProgressBar(b * _passes(segments)) if progress else None
     out = torch.empty((b, 4, h // 8, w // 8), dtype=torch.float32, device=vae.output_device)
     for i in range(b):
         with torch.inference_mode():
-            x = vae.process_input(pixels[i:i + 1].movedim(-1, 1))
-            geos, inputs = [], []
-            for own, cur in regions:
-                geos.append(_Geometry(own, cur, 1))
-                inputs.append(x[..., cur[0]:cur[1], cur[2]:cur[3]].to(park))
-            tiles = _run_lockstep(lambda box, g: _encoder_program(enc, [box.pop().to(dtype)], g), inputs, geos,
-                                  device, park,
-                                  on_step=(lambda: bar.update(1)) if bar is not None else None)
-            feature = None
-            for geo, (own, _), tile_out in zip(geos, regions, tiles):
-                rows, cols = geo.own_slice()
-                piece = tile_out[..., rows, cols].to(device)
-                if feature is None:
-                    feature = torch.empty((1, piece.shape[1], h // 8, w // 8), dtype=piece.dtype, device=device)
-                feature[..., own[0] // 8:own[1] // 8, own[2] // 8:own[3] // 8] = piece
-            del tiles
+            x = vae.process_input(pixels[i:i + 1].movedim(-1, 1)).to(device=park, dtype=dtype)
+            first = _TiledMap(owns, 1, h, w)
+            for j in range(len(owns)):
+                t, bo, le, r = first.own(j)
+                first.chunks[j] = x[..., t:bo, le:r]
+            del x
+            features = _tiled(segments, first, device, park, levels, bar, meter)
+            feature = torch.empty((1, features.chunks[0].shape[1], h // 8, w // 8), dtype=features.chunks[0].dtype,
+                                  device=device)
+            for j in range(len(owns)):
+                t, bo, le, r = features.own(j)
+                feature[..., t:bo, le:r] = features.chunks[j].to(device)
+                features.chunks[j] = None
             x = enc.mid.block_1(feature, None)
+            del feature
             x = enc.mid.attn_1(x)
             x = enc.mid.block_2(x, None)
             x = enc.conv_out(_silu(enc.norm_out(x)))

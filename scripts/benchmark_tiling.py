@@ -28,6 +28,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+class RssWatch:
+    """Resident memory of this process sampled every 20 ms in a thread: per-stage peaks (``ru_maxrss``
+    only has the whole run's)."""
+
+    def __init__(self):
+        import os
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self.now()
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def now(self) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * self._page
+
+    def _poll(self):
+        while True:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.02)
+
+    def reset(self):
+        self.start = self.peak = self.now()
+
+
 def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: str = "all", device: str = "cpu",
           variant: str = "full", comfy_args: str = "") -> dict:
     sys.path.insert(0, str(REPO / "tests"))
@@ -59,8 +84,11 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: 
     image = torch.from_numpy(np.asarray(photo).astype(np.float32) / 255.0)[None]
     times = {}
     peaks = {}
+    rss = RssWatch()
+    rss_stages = {}
 
     def stage_start():
+        rss.reset()
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -68,6 +96,7 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: 
         return 0
 
     def stage_end(name, allocated_at_start):  # CUDA: weights resident at the start, peak during the stage
+        rss_stages[name] = {"start_gib": rss.start / 2**30, "peak_gib": rss.peak / 2**30}
         if cuda:
             torch.cuda.synchronize()
             peaks[name] = {"start_gib": allocated_at_start / 2**30,
@@ -134,7 +163,7 @@ def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: 
             "steps": steps, "tile": tile, "stride": stride, "vae_tile": vae_tile,
             "tiles_per_step": td.tile_count(size, size, tile, stride), "output": list(decoded.shape),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            **times}
+            "rss_stages": rss_stages, **times}
 
 
 def main():

@@ -25,12 +25,6 @@ def photo_like(h=H, w=W, seed=0):
     return (img + torch.rand(1, 3, h, w, generator=g) * 0.15).movedim(1, -1).contiguous()
 
 
-def test_margins_cover_the_receptive_field(tv, vae):
-    fsm = vae.first_stage_model
-    assert tv.decoder_margin(fsm.decoder) == 13  # latent pixels after the mid block (SD VAE)
-    assert tv.encoder_margin(fsm.encoder) == 80  # image pixels before the mid block
-
-
 @pytest.fixture(scope="module")
 def encoded(vae):
     image = photo_like()
@@ -53,6 +47,54 @@ def test_tiled_decode_equals_untiled(comfy, tv, vae, encoded):
         tiled = comfy.node_class("DiffBIRVAEDecodeTiled").execute(vae, {"samples": latent}, 64).result[0]
     assert tiled.shape == untiled.shape == (1, H, W, 3)
     assert (tiled - untiled).abs().max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def square(vae):
+    """A 192 px photo-like image in 3 x 3 tiles of 64 px (a middle tile with neighbours on all sides)."""
+    image = photo_like(192, 192, seed=1)
+    with torch.inference_mode():
+        return image, vae.encode(image)
+
+
+@pytest.mark.parametrize("part", ["encode", "decode"])
+def test_replay_equals_lockstep_and_parks_less(tv, vae, square, part):
+    """Replaying a level (only each segment's input parked, its GroupNorm statistics from extra passes)
+    gives the lockstep result exactly and parks about half as much: about one full-resolution
+    128-channel map instead of two (the bound that keeps a 2048 px image within 1.3x the memory of a
+    1024 px one on a CPU, docs/tiling.md)."""
+    image, latent = square
+    results, peaks = {}, {}
+    for replay in (False, True):
+        meter = tv._Meter()
+        with torch.inference_mode():
+            if part == "encode":
+                results[replay] = tv.encode(vae, image, 64, progress=False, replay=replay, meter=meter)
+            else:
+                results[replay] = tv.decode(vae, latent, 64, progress=False, replay=replay, meter=meter)
+        peaks[replay] = meter.peak_bytes
+    assert torch.equal(results[True], results[False])
+    full_map = 128 * 192 * 192 * 4  # one 128-channel fp32 map at full resolution
+    assert peaks[False] > 1.9 * full_map
+    # plus the neighbours' halo strips copied out while a map is consumed: 2-6 elements per side of a
+    # 64 px tile here (about 1/8 more), 1/50 at 512 px
+    assert peaks[True] < 1.25 * full_map, (peaks, full_map)
+
+
+def test_replay_chosen_from_free_memory(tv, vae):
+    dec = vae.first_stage_model.decoder
+    segments = tv._decoder_segments(dec)
+    steps = tv._segment_steps(segments, 8)
+    assert steps[-1] == 1 and steps[0] == 8
+    full_map = 128 * 2048 * 2048 * 4
+    assert tv._choose_replay(segments, steps, 2048, 2048, 4, budget=4 * full_map) == set()
+    assert tv._choose_replay(segments, steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
+    # replayed, full resolution parks one 128-channel map; level 1 in lockstep parks as much: no gain
+    assert tv._choose_replay(segments, steps, 2048, 2048, 4, budget=0) == {0}
+    enc_segments = tv._encoder_segments(vae.first_stage_model.encoder)
+    enc_steps = tv._segment_steps(enc_segments, 1)
+    assert enc_steps[0] == 1 and enc_steps[-1] == 8
+    assert tv._choose_replay(enc_segments, enc_steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
 
 
 def test_automatic_decodes_untiled_when_it_fits(tv, vae, encoded):
@@ -98,12 +140,10 @@ def test_waiting_tiles_hold_no_tensors(tv, vae, part):
     with torch.inference_mode():
         if part == "encoder":
             x = torch.rand(1, 3, 64, 64)
-            geo = tv._Geometry((0, 64, 0, 64), (0, 64, 0, 64), 1)
-            program = tv._encoder_program(fsm.encoder, [x], geo)
+            program = tv._encoder_program(fsm.encoder, [x])
         else:
             x = torch.rand(1, fsm.decoder.conv_in.out_channels, 8, 8)
-            geo = tv._Geometry((0, 64, 0, 64), (0, 64, 0, 64), 8)
-            program = tv._decoder_program(fsm.decoder, [x], geo)
+            program = tv._decoder_program(fsm.decoder, [x])
         del x
         norm, t, carry = next(program)
         for _ in range(6):  # through the first resblocks, across a level change for the encoder
