@@ -424,6 +424,24 @@ def run_with_fallback(images: torch.Tensor, cleaner: Cleaner, settings: Settings
             current = following
 
 
+def fit_to_memory(settings: Settings, the_plan: Plan, cleaner: Cleaner, free: float,
+                  estimate: Callable[[int], float]) -> Settings:
+    """Untiled settings whose model input would not fit in ``free`` bytes (``estimate(pixels)``)
+    become tiled ones: the settings' tile, halved while a tile still does not fit (down to
+    ``tile_floor``). Settings that already tile, or that fit, are returned unchanged. Why before
+    trying: a CPU has no out-of-memory error to recover from, only swapping or the OS killing
+    ComfyUI; on a GPU it saves a failed first try."""
+    if settings.tiled or estimate(the_plan.model_input[0] * the_plan.model_input[1]) <= free:
+        return settings
+    current = replace(settings, tiled=True)
+    while estimate(current.tile_size ** 2) > free:
+        following = halve_tiles(current, tile_floor(cleaner))
+        if following is None:
+            break
+        current = following
+    return current
+
+
 # -- ComfyUI glue ------------------------------------------------------------------------------------
 def memory_estimate(cleaner: Cleaner, pixels: int, element_size: int = 4) -> int:
     """Bytes to free before running: weights plus activations, with ComfyUI's upscale-node heuristic
@@ -453,10 +471,20 @@ def run_in_comfy(images: torch.Tensor, descriptor, settings: Settings, offload: 
 
     def attempt(current: Settings) -> tuple[torch.Tensor, Plan]:
         the_plan = plan(images.shape[1], images.shape[2], rules, cleaner.scale, current)
-        per_image = tile_count(the_plan, current)
-        bar = comfy.utils.ProgressBar(per_image * images.shape[0])
         largest = (current.tile_size ** 2) if the_plan.tiled else the_plan.model_input[0] * the_plan.model_input[1]
         mm.load_models_gpu([patcher], memory_required=memory_estimate(cleaner, largest), force_full_load=True)
+        # ComfyUI has unloaded what it could for the estimate; tile if the image still does not fit
+        fitted = fit_to_memory(current, the_plan, cleaner, mm.get_free_memory(device),
+                               lambda pixels: memory_estimate(cleaner, pixels) - mm.module_size(cleaner.module))
+        if fitted != current:
+            log.warning("DiffBIR stage 1: a %dx%d input to %s needs about %.1f GiB, more than the %.1f GiB free; "
+                        "running it in %d px tiles (stride %d)", the_plan.model_input[1], the_plan.model_input[0],
+                        cleaner.name, memory_estimate(cleaner, largest) / 2**30, mm.get_free_memory(device) / 2**30,
+                        fitted.tile_size, fitted.tile_stride)
+            current = fitted
+            the_plan = plan(images.shape[1], images.shape[2], rules, cleaner.scale, current)
+        per_image = tile_count(the_plan, current)
+        bar = comfy.utils.ProgressBar(per_image * images.shape[0])
 
         def on_tile(done: int, total: int) -> None:
             bar.update(1)

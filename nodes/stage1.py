@@ -41,8 +41,10 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
                     "IRControlNet work at). 0 turns it off: the output is then exactly the requested size.")),
                 io.Boolean.Input("tiled", default=False, tooltip=(
                     "Run the cleaner on overlapping tiles blended with gaussian weights (official --cleaner_tiled): "
-                    "less memory. Skipped when the image is smaller than a tile. SwinIR untiled resizes to 512 "
-                    "before the network, tiled after it (official), so the two differ slightly.")),
+                    "less memory. Skipped when the image is smaller than a tile. Off: untiled, unless the image "
+                    "would not fit in the free memory ComfyUI reports; then tiled with the size below (halved "
+                    "until a tile fits) and the log says so. SwinIR untiled resizes to 512 before the network, "
+                    "tiled after it (official), so the two differ slightly.")),
                 io.Int.Input("tile_size", default=512, min=16, max=8192, step=8, tooltip=(
                     "Tile size in input pixels of the cleaner (official 512; SwinIR needs a multiple of 64; BSRNet "
                     "tiles the low-resolution input, so e.g. 128 there is 512 out). "

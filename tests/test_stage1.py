@@ -305,6 +305,36 @@ def test_out_of_memory_halves_tiles_then_fails_clearly(comfy, caplog):
         run_node(comfy, image, model, upscale=4.0)
 
 
+def test_tiles_chosen_when_the_image_does_not_fit(comfy, stage1, monkeypatch, caplog):
+    """Untiled settings become tiled ones before running when the model input would not fit in the
+    free memory ComfyUI reports (a CPU has no out-of-memory error to recover from); the tile is
+    halved until one fits. Free memory is made small here; the result is the explicit tiled run."""
+    from comfy import model_management as mm
+
+    model = load(comfy, "realesrgan_s4_swinir_100k.pth")
+    cleaner = stage1.Cleaner.from_spandrel(model)
+    activations = stage1.memory_estimate(cleaner, 64 * 64) - mm.module_size(cleaner.module)
+    settings = stage1.Settings(upscale=4.0)
+    the_plan = stage1.plan(20, 28, stage1.resolve_rules("auto", cleaner), cleaner.scale, settings)
+
+    def estimate(pixels):
+        return stage1.memory_estimate(cleaner, pixels) - mm.module_size(cleaner.module)
+
+    assert stage1.fit_to_memory(settings, the_plan, cleaner, 1e15, estimate) == settings
+    fitted = stage1.fit_to_memory(settings, the_plan, cleaner, activations, estimate)
+    assert (fitted.tiled, fitted.tile_size, fitted.tile_stride) == (True, 64, 32)
+    assert stage1.fit_to_memory(settings, the_plan, cleaner, 4 * activations, estimate).tile_size == 128
+
+    image = photo()
+    monkeypatch.setattr(mm, "get_free_memory", lambda *args, **kwargs: activations)
+    with caplog.at_level(logging.WARNING):
+        out = run_node(comfy, image, model, upscale=4.0)[0]
+    monkeypatch.undo()
+    assert "running it in 64 px tiles (stride 32)" in caplog.text
+    expected = run_node(comfy, image, model, upscale=4.0, tiled=True, tile_size=64, tile_stride=32)[0]
+    assert torch.equal(out, expected)
+
+
 def test_progress_per_tile_and_cancel_between_tiles(comfy, stage1):
     from comfy import model_management as mm
     from comfy import utils as comfy_utils
