@@ -111,6 +111,41 @@ def _resblock(block, box: list) -> Generator:
     return x + h
 
 
+ATTENTION_SLICE_BYTES = 256 * 2**20  # attention scores computed per slice of queries, at most this
+
+
+def _mid_attention(block, x: torch.Tensor) -> torch.Tensor:
+    """The mid block's self-attention over the whole latent-resolution map, with bounded memory.
+
+    Why: where ComfyUI uses its split attention for the VAE (CPU, or no PyTorch attention), it sizes
+    the slices of the score matrix to the free memory, so one attention over a 2048 px image (65536
+    tokens, a 16 GiB score matrix) took about 9 GiB of a CPU-only machine's RAM at once: more than
+    all of the tiled part. Here the queries go in slices of at most ``ATTENTION_SLICE_BYTES`` of
+    scores (the same operations per query row: softmax over all keys). PyTorch's and xformers'
+    memory-efficient attention are used as ComfyUI chose them."""
+    if getattr(block.optimized_attention, "__name__", "") != "normal_attention":
+        return block(x)
+    h = block.norm(x)
+    q, k, v = block.q(h), block.k(h), block.v(h)
+    del h
+    b, c, height, width = q.shape
+    n = height * width
+    q = q.reshape(b, c, n).permute(0, 2, 1)  # b, n, c
+    k = k.reshape(b, c, n)
+    v = v.reshape(b, c, n)
+    out = torch.empty_like(v)
+    scale = c ** -0.5
+    rows = max(1, ATTENTION_SLICE_BYTES // (b * n * q.element_size()))
+    for start in range(0, n, rows):
+        scores = torch.bmm(q[:, start:start + rows], k) * scale
+        weights = torch.softmax(scores, dim=2).permute(0, 2, 1)
+        del scores
+        out[:, :, start:start + rows] = torch.bmm(v, weights)
+        del weights
+    del q, k, v
+    return x + block.proj_out(out.reshape(b, c, height, width))
+
+
 # -- segments: the unit between whole-image feature maps ----------------------------------------------------
 UP, SAME, DOWN = "up", "same", "down"
 TILE_HALO_PX = 16  # for memory estimates: the largest halo of a segment, in image pixels
@@ -602,7 +637,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
             x = fsm.post_quant_conv(z)
             x = dec.conv_in(x)
             x = dec.mid.block_1(x, None)
-            x = dec.mid.attn_1(x)
+            x = _mid_attention(dec.mid.attn_1, x)
             x = dec.mid.block_2(x, None).to(park)
             first = _TiledMap(owns, 8, h * 8, w * 8)
             for j in range(len(owns)):
@@ -668,7 +703,7 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
                 features.chunks[j] = None
             x = enc.mid.block_1(feature, None)
             del feature
-            x = enc.mid.attn_1(x)
+            x = _mid_attention(enc.mid.attn_1, x)
             x = enc.mid.block_2(x, None)
             x = enc.conv_out(_silu(enc.norm_out(x)))
             z = fsm.quant_conv(x)

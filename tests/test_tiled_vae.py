@@ -150,3 +150,16 @@ def test_waiting_tiles_hold_no_tensors(tv, vae, part):
             assert _tensors_held(program) == []
             h = torch.nn.functional.group_norm(t.float(), norm.num_groups, norm.weight, norm.bias, norm.eps)
             norm, t, carry = program.send((h.to(t.dtype), carry))
+
+
+def test_mid_attention_in_bounded_slices_equals_comfys(tv, vae, monkeypatch):
+    """The whole-image mid-block attention runs in slices of queries of bounded size (ComfyUI's split
+    attention sizes them to the free memory: ~9 GiB at once for a 2048 px image on a CPU) and gives
+    ComfyUI's result."""
+    block = vae.first_stage_model.decoder.mid.attn_1
+    assert block.optimized_attention.__name__ == "normal_attention"  # ComfyUI's choice on this CPU
+    x = torch.randn(1, block.in_channels, 12, 20, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(tv, "ATTENTION_SLICE_BYTES", 240 * 4 * 16)  # 16 query rows per slice: 15 slices
+    with torch.inference_mode():
+        ours, comfys = tv._mid_attention(block, x), block(x)
+    assert (ours - comfys).abs().max() < 1e-5 * comfys.abs().max()
