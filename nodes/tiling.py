@@ -63,9 +63,11 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
             description=(
                 "Decodes a latent in tiles without the colour and contrast shifts of independently decoded tiles: "
                 "the small latent-resolution part (with its global attention) runs whole, and the GroupNorm "
-                "statistics of the tiled part are computed over the whole image, as an untiled decode does, with "
-                "tile margins covering the decoder's receptive field. The result equals an untiled decode to float "
-                "precision. Use it instead of VAE Decode for large restorations."),
+                "statistics of the tiled part are computed over the whole image, as an untiled decode does; tiles "
+                "exchange thin borders between blocks instead of carrying wide margins, and when memory is short the "
+                "full-resolution level recomputes instead of storing (same result, less memory, a bit slower). The "
+                "result equals an untiled decode to float precision. Use it instead of VAE Decode for large "
+                "restorations."),
             inputs=[
                 io.Vae.Input("vae", tooltip="The SD 2.1 VAE."),
                 io.Latent.Input("samples", tooltip="The sampled latent."),
