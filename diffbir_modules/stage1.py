@@ -474,13 +474,16 @@ def run_in_comfy(images: torch.Tensor, descriptor, settings: Settings, offload: 
         largest = (current.tile_size ** 2) if the_plan.tiled else the_plan.model_input[0] * the_plan.model_input[1]
         mm.load_models_gpu([patcher], memory_required=memory_estimate(cleaner, largest), force_full_load=True)
         # ComfyUI has unloaded what it could for the estimate; tile if the image still does not fit
-        fitted = fit_to_memory(current, the_plan, cleaner, mm.get_free_memory(device),
-                               lambda pixels: memory_estimate(cleaner, pixels) - mm.module_size(cleaner.module))
+        def activations(pixels: int) -> float:
+            return memory_estimate(cleaner, pixels) - mm.module_size(cleaner.module)
+
+        free = mm.get_free_memory(device)
+        fitted = fit_to_memory(current, the_plan, cleaner, free, activations)
         if fitted != current:
             log.warning("DiffBIR stage 1: a %dx%d input to %s needs about %.1f GiB, more than the %.1f GiB free; "
                         "running it in %d px tiles (stride %d)", the_plan.model_input[1], the_plan.model_input[0],
-                        cleaner.name, memory_estimate(cleaner, largest) / 2**30, mm.get_free_memory(device) / 2**30,
-                        fitted.tile_size, fitted.tile_stride)
+                        cleaner.name, activations(largest) / 2**30, free / 2**30, fitted.tile_size,
+                        fitted.tile_stride)
             current = fitted
             the_plan = plan(images.shape[1], images.shape[2], rules, cleaner.scale, current)
         per_image = tile_count(the_plan, current)
