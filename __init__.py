@@ -9,7 +9,6 @@ import os
 import sys
 
 import folder_paths
-from comfy_api.latest import ComfyExtension, io
 
 # (import name, pip name): what requirements.txt lists. Checked first so that a missing package
 # shows up in ComfyUI's "IMPORT FAILED" log with its name and the command that fixes it.
@@ -31,6 +30,12 @@ def _check_requirements():
 
 
 _check_requirements()
+
+from .diffbir_modules import comfy_compat  # noqa: E402
+
+comfy_compat.check_runtime()  # a clear "needs ComfyUI 0.3.75 or newer" instead of an import error below
+
+from comfy_api.latest import ComfyExtension, io  # noqa: E402
 
 from .nodes import NODES  # noqa: E402
 

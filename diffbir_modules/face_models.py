@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import face_detection, face_parsing
+from . import comfy_compat, face_detection, face_parsing
 
 FOLDER = "facedetection"
 EXTENSIONS = {".pth", ".pt", ".safetensors"}
@@ -115,10 +115,9 @@ def mtcnn_files() -> tuple:
 
 def _patcher(module: torch.nn.Module):
     import comfy.model_management
-    import comfy.model_patcher
 
-    return comfy.model_patcher.ModelPatcher(module, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    return comfy_compat.model_patcher(module, comfy.model_management.get_torch_device(),
+                                      comfy.model_management.unet_offload_device())
 
 
 class FaceDetectorModel:

@@ -25,7 +25,6 @@ import re
 
 import comfy.controlnet
 import comfy.model_management
-import comfy.model_patcher
 import comfy.model_sampling
 import comfy.ops
 import comfy.utils
@@ -33,6 +32,8 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, TimestepEmbedSequential
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
+
+from . import comfy_compat
 
 log = logging.getLogger("DiffBIR")
 
@@ -503,8 +504,8 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         self.load_device = load_device
         self.manual_cast_dtype = manual_cast_dtype
         if patcher is None and control_model is not None:
-            patcher = comfy.model_patcher.ModelPatcher(control_model, load_device=load_device,
-                                                       offload_device=comfy.model_management.unet_offload_device())
+            patcher = comfy_compat.model_patcher(control_model, load_device,
+                                                 comfy.model_management.unet_offload_device())
         self.control_model_wrapped = patcher
         self.version = version
         self.fingerprint = fingerprint
@@ -550,6 +551,21 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         c.condition = self.condition
         c.stage1_size = self.stage1_size
         c.padding = self.padding
+        return c
+
+    def deepclone_multigpu(self, load_device, autoregister: bool = False) -> IRControlNetControl:
+        """A copy whose network lives on another device, for ComfyUI's multi-GPU sampling (newer
+        releases): each GPU runs its share of the batch with its own copy of the weights, as core
+        ControlNets do. ``autoregister`` records it as this control's instance for that device."""
+        import comfy.model_management
+
+        c = self.copy()
+        c.control_model = copy.deepcopy(self.control_model)
+        c.load_device = load_device
+        c.control_model_wrapped = comfy_compat.model_patcher(c.control_model, load_device,
+                                                             comfy.model_management.unet_offload_device())
+        if autoregister:  # ControlBase has the registry from the releases that clone controls
+            vars(self).setdefault("multigpu_clones", {})[load_device] = c
         return c
 
     # ComfyUI's control protocol ----------------------------------------------------------

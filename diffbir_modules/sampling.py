@@ -186,8 +186,13 @@ def make_noise_sampler(x: torch.Tensor, seed, stream: str = "official"):
       stream exactly as the official code's single global generator does after ``x_T``;
     official_after_noise_aug: the same after one more latent-sized draw (official ``--noise_aug`` > 0
       draws the condition noise right after ``x_T``);
-    comfyui: ComfyUI's default (a fresh generator seeded with ``seed``, so the first step noise
-      repeats the initial noise).
+    comfyui: whatever the running ComfyUI's stock samplers draw (``default_noise_sampler``): a fresh
+      generator seeded with ``seed`` up to ComfyUI 0.3.x of 2025 (the first step noise repeats the
+      initial noise), seeded with ``seed + 1`` on the CPU in newer releases.
+
+    The two official streams do not depend on the ComfyUI release: the official-parity figures use
+    them (the DiffBIR sampler nodes' default). Stock KSampler ancestral/SDE samplers use ComfyUI's own
+    stream, which differs from the official one on every release.
     """
     if stream == "comfyui":
         return kds.default_noise_sampler(x, seed=seed)

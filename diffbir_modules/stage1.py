@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import presets, tiling
+from . import comfy_compat, presets, tiling
 
 log = logging.getLogger(__name__)
 
@@ -458,14 +458,12 @@ def run_in_comfy(images: torch.Tensor, descriptor, settings: Settings, offload: 
     loaded fully, offloaded afterwards), a progress bar over tiles, cancel between tiles, and the
     out-of-memory fallback."""
     import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.utils
 
     cleaner = Cleaner.from_spandrel(descriptor)
     validate_image(images)
-    device = mm.get_torch_device()
-    patcher = comfy.model_patcher.ModelPatcher(cleaner.module, load_device=device,
-                                               offload_device=mm.unet_offload_device())
+    patcher = comfy_compat.upscale_model_patcher(descriptor)
+    device = patcher.load_device
     dtype = next(cleaner.module.parameters()).dtype
     rules = resolve_rules(settings.rules, cleaner)
 
@@ -505,19 +503,7 @@ def run_in_comfy(images: torch.Tensor, descriptor, settings: Settings, offload: 
         return run_with_fallback(images, cleaner, settings, attempt, on_oom)
     finally:
         if offload:
-            unload(patcher)
-
-
-def unload(patcher) -> None:
-    """Moves the cleaner back to its offload device and drops it from ComfyUI's loaded models."""
-    import comfy.model_management as mm
-
-    for loaded in list(mm.current_loaded_models):
-        if loaded.model is patcher:
-            loaded.model_unload()
-            mm.current_loaded_models.remove(loaded)
-            break
-    mm.soft_empty_cache()
+            comfy_compat.unload_model(patcher)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -575,4 +561,6 @@ def load_cleaner(path: str):
     if not isinstance(descriptor, ImageModelDescriptor):
         raise ValueError(f"{name} is a {descriptor.architecture.name} {descriptor.purpose} model, not a single-image "
                          f"model. Expected {expected}.")
-    return descriptor.eval()
+    descriptor.eval()
+    comfy_compat.upscale_model_patcher(descriptor)  # what core "Upscale Image (using Model)" runs it through
+    return descriptor

@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import color_fix, images
+from ..diffbir_modules import color_fix, comfy_compat, images
 
 
 class DiffBIRColorFix(io.ComfyNode):
@@ -10,6 +10,8 @@ class DiffBIRColorFix(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRColorFix",
+            **comfy_compat.schema_fields(search_aliases=[
+                "color fix", "color correction", "color match", "wavelet", "adain"]),
             display_name="DiffBIR Colour Fix",
             category="DiffBIR",
             description=(

@@ -8,7 +8,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..diffbir_modules import face_models, images
+from ..diffbir_modules import comfy_compat, face_models, images
 from ..diffbir_modules import faces as face_pipeline
 
 FaceDetector = io.Custom("DIFFBIR_FACE_DETECTOR")
@@ -56,6 +56,8 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRFaceDetectAlign",
+            **comfy_compat.schema_fields(search_aliases=[
+                "face", "face restore", "face detection", "retinaface"]),
             display_name="DiffBIR Face Detect & Align",
             category="DiffBIR/faces",
             description=(
@@ -159,6 +161,8 @@ class DiffBIRFacePasteBack(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRFacePasteBack",
+            **comfy_compat.schema_fields(search_aliases=[
+                "face", "face restore", "paste face"]),
             display_name="DiffBIR Face Paste Back",
             category="DiffBIR/faces",
             description=(

@@ -4,7 +4,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import images
+from ..diffbir_modules import comfy_compat, images
 from ..diffbir_modules import ircontrolnet as irc
 
 IRControlNetType = io.Custom("DIFFBIR_IRCONTROLNET")
@@ -18,6 +18,8 @@ class DiffBIRIRControlNetLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRIRControlNetLoader",
+            **comfy_compat.schema_fields(search_aliases=[
+                "controlnet", "load controlnet"]),
             display_name="DiffBIR Load IRControlNet",
             category="DiffBIR/loaders",
             description=(
@@ -50,6 +52,8 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRApplyIRControlNet",
+            **comfy_compat.schema_fields(search_aliases=[
+                "controlnet", "restore", "upscale", "super resolution"]),
             display_name="DiffBIR Apply IRControlNet",
             category="DiffBIR/conditioning",
             description=(

@@ -4,7 +4,7 @@ size rules, and a loader that reads every published stage-1 file with clear erro
 import folder_paths
 from comfy_api.latest import io
 
-from ..diffbir_modules import presets, stage1
+from ..diffbir_modules import comfy_compat, presets, stage1
 
 PRESET_OPTIONS = ["auto", *presets.preset_names()]
 WEIGHTING_OPTIONS = ["gaussian", "gaussian_symmetric", "uniform"]
@@ -15,6 +15,9 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRDegradationRemoval",
+            **comfy_compat.schema_fields(search_aliases=[
+                "restore", "restoration", "upscale", "super resolution", "denoise", "deblur", "jpeg artifacts",
+                "face", "swinir", "bsrnet", "scunet"]),
             display_name="DiffBIR Degradation Removal (stage 1)",
             category="DiffBIR/stage 1",
             description=(
@@ -60,12 +63,13 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
                     "(for 16-bit or generated inputs).")),
             ],
             outputs=[
-                io.Image.Output("cleaned", tooltip=(
+                io.Image.Output("cleaned", display_name="cleaned", tooltip=(
                     "The cleaned image (stage-1 output, the condition and colour reference of stage 2), at least "
                     "min_short_side on its short side.")),
-                io.Int.Output("width", tooltip="Width the official pipeline returns in the end (input x upscale): "
-                                               "resize the final image to it."),
-                io.Int.Output("height", tooltip="Height the official pipeline returns in the end (input x upscale)."),
+                io.Int.Output("width", display_name="width", tooltip=(
+                    "Width the official pipeline returns in the end (input x upscale): resize the final image to it.")),
+                io.Int.Output("height", display_name="height", tooltip=(
+                    "Height the official pipeline returns in the end (input x upscale).")),
             ],
         )
 
@@ -86,6 +90,8 @@ class DiffBIRStage1Loader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRStage1Loader",
+            **comfy_compat.schema_fields(search_aliases=[
+                "upscale model", "restoration model", "swinir", "bsrnet", "scunet"]),
             display_name="DiffBIR Load Stage-1 Model",
             category="DiffBIR/stage 1",
             description=(

@@ -25,8 +25,10 @@ PACK_LINK_NAME = "comfyui-diffbir"
 
 
 def comfyui_root() -> Path:
-    """The ComfyUI tree scripts/setup.sh prepared (``.comfyui``, or COMFYUI_PATH)."""
-    root = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui")
+    """The ComfyUI tree to run: COMFYUI_PATH, else the one scripts/setup.sh prepared in the environment
+    folder (DIFFBIR_ENV, default this repository: ``.comfyui``)."""
+    env_dir = Path(os.environ.get("DIFFBIR_ENV") or REPO)
+    root = Path(os.environ.get("COMFYUI_PATH") or env_dir / ".comfyui")
     if not (root / "main.py").is_file():
         raise FileNotFoundError(f"no ComfyUI at {root}: run scripts/setup.sh first (or set COMFYUI_PATH)")
     return root.resolve()

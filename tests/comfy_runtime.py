@@ -131,9 +131,10 @@ def run_prompt(prompt: dict, outputs: list[str] | None = None) -> dict:
             ok, reasons, _ = asyncio.run(execution.validate_inputs(prompt_id, prompt, node_id, validated))
             if not ok:
                 raise PromptError(f"invalid prompt at node {node_id}: {reasons}")
+    compat = pack_module("diffbir_modules.comfy_compat")
     server = _ServerStandIn()
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+                                        cache_args=compat.executor_cache_args())
     executor.execute(prompt, prompt_id, {}, targets)
     if not executor.success:
         for event, data in executor.status_messages:
@@ -145,7 +146,7 @@ def run_prompt(prompt: dict, outputs: list[str] | None = None) -> dict:
         raise PromptError(f"prompt failed: {executor.status_messages}")
     results = {}
     for node_id in targets:
-        entry = executor.caches.outputs.get(node_id)
+        entry = compat.cached_outputs(executor.caches.outputs, node_id)
         if entry is not None:
             results[node_id] = [value[0] if isinstance(value, list) and len(value) == 1 else value
                                 for value in entry.outputs]

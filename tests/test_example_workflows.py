@@ -47,6 +47,18 @@ def shrink(prompt: dict) -> dict:
     return prompt
 
 
+def without_core_spare_outputs(workflow: dict) -> dict:
+    """The workflow without the unconnected outputs of core nodes: those belong to the ComfyUI release
+    that builds the file (newer ones gave SaveImage an IMAGE output), and the web UI takes them from
+    the running release when it loads a workflow. Our own nodes' outputs are compared in full."""
+    nodes = []
+    for node in workflow["nodes"]:
+        if not node["type"].startswith("DiffBIR"):
+            node = {**node, "outputs": [o for o in node["outputs"] if o.get("links")]}
+        nodes.append(node)
+    return {**workflow, "nodes": nodes}
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_example_is_up_to_date(comfy_server, name):
     info = comfy_server.object_info()
@@ -54,7 +66,8 @@ def test_example_is_up_to_date(comfy_server, name):
     title = name.removesuffix(".json")
     built = {**tool("general").workflows(info), **tool("faces").workflows(info)}
     assert title in built, f"{name} has no description in tools/workflows/"
-    assert built[title] == saved, f"{name} is out of date: run python tools/workflows/general.py / faces.py"
+    assert without_core_spare_outputs(built[title]) == without_core_spare_outputs(saved), (
+        f"{name} is out of date: run python tools/workflows/general.py / faces.py")
     for node in saved["nodes"]:  # shared workflows name their models for the web UI
         if node["type"] in ("CheckpointLoaderSimple", "DiffBIRIRControlNetLoader", "DiffBIRStage1Loader",
                             "DiffBIRPresetLoader"):

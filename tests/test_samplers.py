@@ -248,5 +248,25 @@ def test_noise_streams(smp):
     assert torch.equal(official(None, None), stream[1]) and torch.equal(official(None, None), stream[2])
     after_aug = smp.make_noise_sampler(x, SEED, "official_after_noise_aug")
     assert torch.equal(after_aug(None, None), stream[2])
-    comfy_default = smp.make_noise_sampler(x, SEED, "comfyui")
-    assert torch.equal(comfy_default(None, None), stream[0])  # ComfyUI's first step noise = initial noise
+
+
+def test_comfyui_stream_is_the_stock_samplers_noise(smp):
+    """The "comfyui" stream draws what the running ComfyUI's own ancestral samplers draw for the seed
+    (0.3.75: the initial noise's stream again; 0.33 seeds it with seed + 1 on the CPU). Recovered from
+    one stock euler_ancestral step on zeros with a denoiser that returns 0: x_next = noise * sigma_up."""
+    import comfy.k_diffusion.sampling as kds
+
+    ms = smp.make_model_sampling("v2")
+
+    def denoise_to_zero(x, sigma, **extra):
+        return torch.zeros_like(x)
+
+    denoise_to_zero.inner_model = SimpleNamespace(inner_model=SimpleNamespace(model_sampling=ms))
+    x = torch.zeros(1, 4, 8, 8)
+    sigmas = torch.tensor([1.0, 0.5])
+    stepped = kds.sample_euler_ancestral(denoise_to_zero, x, sigmas, extra_args={"seed": SEED}, disable=True)
+    _, sigma_up = kds.get_ancestral_step(sigmas[0], sigmas[1], eta=1.0)
+    stock_noise = stepped / sigma_up
+    ours = smp.make_noise_sampler(x, SEED, "comfyui")(None, None)
+    # one multiply and one divide by sigma_up (float32): a few ulps
+    assert torch.allclose(ours, stock_noise, rtol=1e-6, atol=1e-6)

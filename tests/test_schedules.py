@@ -31,10 +31,18 @@ def f32(x):
 
 
 @pytest.mark.parametrize("version,key", [("v2", "v2"), ("v1", "v2"), ("v2.1", "v21")])
-def test_training_betas_equal_official_bit_for_bit(sch, golden, version, key):
+def test_training_betas_equal_official(sch, golden, version, key):
     betas = sch.official_betas(version)
     assert betas.dtype == np.float64
-    assert np.array_equal(betas, golden[f"{key}_betas"])
+    if version != "v2.1":
+        assert np.array_equal(betas, golden[f"{key}_betas"])  # numpy's linspace and square: bit for bit
+        return
+    # v2.1's zero-terminal-SNR rescale runs torch float64 cumprod / sqrt / division, whose vectorised
+    # kernels round differently per CPU instruction set. A beta is 1 - alpha with alpha near 1, so the
+    # difference is a few ulps of 1.0 (2.2e-16), not of beta: against the golden (made on another CPU)
+    # an AVX-512 machine measured max 7.8e-16 absolute (24 of 1000 betas). Bound: 20 ulps of 1.0,
+    # far below any real change of the schedule (> 1e-8).
+    np.testing.assert_allclose(betas, golden[f"{key}_betas"], rtol=0, atol=20 * np.finfo(np.float64).eps)
 
 
 def test_reference_values(sch):

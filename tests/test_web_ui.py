@@ -65,10 +65,10 @@ def test_workflow_loads_in_web_ui(page, name):
     missing = sorted({n["type"] for n in nodes if not n["registered"]})
     assert not missing, f"missing node types in the web UI: {missing}"
     assert len(nodes) == len(workflow["nodes"])
-    shown = {n["id"]: n["values"] for n in nodes}
+    shown = {str(n["id"]): n["values"] for n in nodes}  # newer frontends give string ids
     for saved in workflow["nodes"]:
         values = saved.get("widgets_values") or []
-        assert shown[saved["id"]][:len(values)] == values, (saved["type"], shown[saved["id"]], values)
+        assert shown[str(saved["id"])][:len(values)] == values, (saved["type"], shown[str(saved["id"])], values)
     # the web UI read the model metadata: its missing-models dialog names each file and folder
     expected = {(m["directory"], m["name"]) for n in workflow["nodes"] for m in n["properties"].get("models", [])}
     deadline = time.monotonic() + 20
