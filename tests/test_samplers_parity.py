@@ -105,8 +105,18 @@ def compare(comfy, name, strength, ours, g):
     return diffs
 
 
-def assert_parity(diffs, latent_tolerance=1e-4):
-    assert diffs["latent"] < latent_tolerance or diffs["latent_rel"] < 1e-5
+# Bounds from the measured spread: every run of this file with torch threads 1 and 2, on ComfyUI 0.3.75
+# and 0.33 (identical per thread count), on an AVX-512 CPU against goldens made on another CPU
+# (2026-12-04). Float32 summation order changes with the thread count and the CPU's vector width, and
+# 4 steps of cfg 6 carry it into the latent: max relative latent difference 2.14e-5 (v2.1 euler,
+# 2 threads; v1/v2 runs <= 4.4e-6), max image difference 3.3e-5 (unclamped decode). Bounds: 5e-5
+# relative on the latent, 1e-4 on images (both > 2x the largest measured), far below a real change
+# (a wrong schedule or noise draw moves the latent by > 1e-2).
+LATENT_RELATIVE_BOUND = 5e-5
+
+
+def assert_parity(diffs):
+    assert diffs["latent_rel"] < LATENT_RELATIVE_BOUND
     assert diffs["decoded"] < 1e-4
     assert diffs["decoded_unclamped"] < 1e-4
     assert diffs["color_fixed"] < 1e-4

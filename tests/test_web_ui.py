@@ -1,7 +1,9 @@
-"""Every example workflow opens in ComfyUI's real web UI (comfyui-frontend-package 1.32.9, served by
-the headless server) in headless Chromium: zero missing node types, every widget value as saved, and
-the web UI's missing-models dialog naming the weights with their folders (from properties.models).
-A screenshot of each lands in docs/images/workflows/ for the README.
+"""Every example workflow opens in ComfyUI's real web UI (the frontend package of the ComfyUI under
+test: 1.32.9 with 0.3.75, 1.49.6 with 0.33) in headless Chromium: zero missing node types, every
+widget value as saved, and the web UI's list of missing models naming the weights with their folders
+(from properties.models): a dialog in older frontends, the errors panel in newer ones.
+A screenshot of each lands in .cache/screenshots/comfyui-VERSION/ (DIFFBIR_SCREENSHOTS_DIR=
+docs/images/workflows refreshes the README's).
 
 Needs Debian's chromium package (.ci/run installs it). Without it the test is skipped, unless
 DIFFBIR_REQUIRE_BROWSER=1 (set by CI), which turns the skip into a failure."""
@@ -19,7 +21,6 @@ from comfy_runtime import comfy_headless
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
-SHOTS = REPO / "docs" / "images" / "workflows"
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": False,
             "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.2, "Comfy.Workflow.ShowMissingModelsWarning": True}
 
@@ -29,7 +30,32 @@ LOAD_AND_LIST = """(async () => {
   return app.graph._nodes.map(n => ({id: n.id, type: n.type, registered: !!LiteGraph.registered_node_types[n.type],
                                      values: (n.widgets || []).map(w => w.value)}));
 })()"""
-DIALOG_TEXT = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText).join('\\n')"
+# Older frontends open a "Missing Models" dialog; newer ones show an error toast whose "View details"
+# opens an errors panel with a "Missing Models" section. Returns the text of whichever is there.
+MISSING_MODELS_TEXT = """(() => {
+  const dialogs = Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText).join('\\n');
+  if (dialogs.includes('Missing Models')) return JSON.stringify({kind: 'dialog', text: dialogs});
+  const details = Array.from(document.querySelectorAll('button')).find(b => /View details/.test(b.innerText));
+  if (details) details.click();
+  const text = document.body.innerText;
+  const start = text.indexOf('Missing Models');
+  if (start < 0) return JSON.stringify({kind: '', text: ''});
+  const end = text.indexOf('Missing Inputs', start);
+  return JSON.stringify({kind: 'panel', text: text.slice(start, end < 0 ? undefined : end)});
+})()"""
+CLOSE_MISSING_MODELS = "document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())"
+
+
+def screenshot_dir() -> Path:
+    if os.environ.get("DIFFBIR_SCREENSHOTS_DIR"):
+        return Path(os.environ["DIFFBIR_SCREENSHOTS_DIR"])
+    version = (comfy_headless.comfyui_root() / "comfyui_version.py").read_text().split('"')[1]
+    return REPO / ".cache" / "screenshots" / f"comfyui-{version}"
+
+
+def offered(text: str, directory: str, filename: str) -> bool:
+    """The file is listed with its folder: "folder / file" (dialog) or the file above its folder (panel)."""
+    return f"{directory} / {filename}" in text or f"{filename}\n{directory}" in text
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +95,27 @@ def test_workflow_loads_in_web_ui(page, name):
     for saved in workflow["nodes"]:
         values = saved.get("widgets_values") or []
         assert shown[str(saved["id"])][:len(values)] == values, (saved["type"], shown[str(saved["id"])], values)
-    # the web UI read the model metadata: its missing-models dialog names each file and folder
+    # The web UI read the model metadata. Older frontends list every file of properties.models in a
+    # dialog; newer ones list, in their errors panel, the files that a loader's widget names (the
+    # preset loader names none: it downloads what is missing itself when it runs).
     expected = {(m["directory"], m["name"]) for n in workflow["nodes"] for m in n["properties"].get("models", [])}
+    named = {(m["directory"], m["name"]) for n in workflow["nodes"] for m in n["properties"].get("models", [])
+             if m["name"] in (n.get("widgets_values") or [])}
     deadline = time.monotonic() + 20
-    dialog = ""
-    while expected and time.monotonic() < deadline and "Missing Models" not in dialog:
+    listing = {"kind": "", "text": ""}
+    while expected and time.monotonic() < deadline:
+        listing = json.loads(page.evaluate(MISSING_MODELS_TEXT))
+        wanted = expected if listing["kind"] == "dialog" else named
+        if listing["kind"] and all(offered(listing["text"], *e) for e in wanted):
+            break
         time.sleep(0.5)
-        dialog = page.evaluate(DIALOG_TEXT)
-    for directory, filename in expected:
-        assert f"{directory} / {filename}" in dialog, f"{filename} not offered in the missing-models dialog"
-    page.evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+    wanted = expected if listing["kind"] == "dialog" else named
+    assert listing["kind"] or not named, "the web UI listed no missing models"
+    for directory, filename in wanted:
+        assert offered(listing["text"], directory, filename), f"{filename} not offered:\n{listing['text']}"
+    page.evaluate(CLOSE_MISSING_MODELS)
     page.evaluate("(async () => { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); })()")
     time.sleep(1.0)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(SHOTS / f"{slug(name)}.png")
+    shots = screenshot_dir()
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(shots / f"{slug(name)}.png")
