@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import comfy_compat, face_detection, face_parsing
+from . import comfy_compat, face_detection, face_parsing, weights_io
 
 FOLDER = "facedetection"
 EXTENSIONS = {".pth", ".pt", ".safetensors"}
@@ -88,10 +88,10 @@ def fetch(name: str, url: str, allow_download: bool = True) -> str:
     return target
 
 
-def _load(path: str) -> dict:
-    import comfy.utils
-
-    return comfy.utils.load_torch_file(path, safe_load=True)
+def read_weights(path: str) -> dict:
+    expected = ("a face model of facexlib's release (detection_Resnet50_Final.pth, detection_mobilenet0.25_Final.pth, "
+                "parsing_parsenet.pth) or MTCNN's pnet/rnet/onet.pt")
+    return weights_io.tensors_only(weights_io.read_tensors(path, expected), os.path.basename(path), expected)
 
 
 def mtcnn_files() -> tuple:
@@ -147,12 +147,12 @@ class FaceDetectorModel:
 def load_detector(name: str, allow_download: bool = True) -> FaceDetectorModel:
     if name == "mtcnn":
         paths = mtcnn_files()
-        net = face_detection.build_mtcnn(*[_load(p) for p in paths], source=os.path.dirname(paths[0]))
+        net = face_detection.build_mtcnn(*[read_weights(p) for p in paths], source=os.path.dirname(paths[0]))
         return FaceDetectorModel(name, net, os.path.dirname(paths[0]))
     if name not in RETINAFACE_FILES:
         raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
     path = fetch(*RETINAFACE_FILES[name], allow_download=allow_download)
-    net = face_detection.build_retinaface(_load(path), source=path)
+    net = face_detection.build_retinaface(read_weights(path), source=path)
     expected = name.split("_", 1)[1]
     if net.backbone != expected:
         raise ValueError(f"{path} holds a RetinaFace {net.backbone}, not the {expected} its name promises")
@@ -178,4 +178,4 @@ class FaceParserModel:
 
 def load_parser(allow_download: bool = True) -> FaceParserModel:
     path = fetch(*PARSENET_FILE, allow_download=allow_download)
-    return FaceParserModel(face_parsing.build_parsenet(_load(path), source=path), path)
+    return FaceParserModel(face_parsing.build_parsenet(read_weights(path), source=path), path)

@@ -20,8 +20,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import pickle
-import re
 
 import comfy.controlnet
 import comfy.model_management
@@ -33,7 +31,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, TimestepEmbedSequential
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from . import comfy_compat
+from . import comfy_compat, weights_io
 
 log = logging.getLogger("DiffBIR")
 
@@ -52,10 +50,6 @@ KNOWN_FINGERPRINTS: dict[str, str] = {
 # Globals a training checkpoint (old v1 "full" .ckpt written by PyTorch Lightning) may carry beside
 # its tensors. They are replaced by inert stand-ins while reading; nothing outside torch's
 # weights-only allowlist is ever called. Any other global refuses the file.
-_METADATA_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "pathlib.",
-                             "argparse.Namespace", "numpy.", "_codecs.encode", "typing.", "collections.")
-
-
 class IRControlNetError(ValueError):
     """A file or input the IRControlNet cannot use; the message says what and what to do."""
 
@@ -204,90 +198,17 @@ def config_from_state_dict(sd: dict, source: str = "state dict") -> IRControlNet
 
 
 # -- reading files -------------------------------------------------------------------------------
-class _Inert:
-    """Stand-in for training metadata objects (Lightning callbacks, OmegaConf configs, numpy
-    scalars) inside a checkpoint: swallows whatever the pickle hands it, runs nothing."""
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __call__(self, *args, **kwargs):
-        return _Inert()
-
-
-def _is_metadata_global(name: str) -> bool:
-    return name.startswith(_METADATA_GLOBAL_PREFIXES)
-
-
-def _torch_load_tolerating_metadata(path: str, error: Exception):
-    """Second attempt for pickles that torch's weights-only reader refused: if every foreign global
-    is training metadata, read again with inert stand-ins for them; otherwise refuse the file."""
-    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    try:
-        names = finder(path) if finder is not None else None
-    except Exception:
-        names = None
-    if names is None:  # not a zip checkpoint (or old torch): name what torch refused
-        names = re.findall(r"GLOBAL ([\w.]+)", str(error)) or ["unknown"]
-        names = [n for n in names if not _is_metadata_global(n)] or names
-    unsafe = [n for n in names if not _is_metadata_global(n)]
-    if unsafe or not names:
-        raise IRControlNetError(
-            f"{path}: refused: this pickle file references Python code or objects that are not tensors "
-            f"({', '.join(sorted(unsafe or names)[:8])}). Loading it could run code. Use a weights-only file "
-            "(the published .pth/.pt, or a .safetensors copy).") from None
-    stand_ins = [(type(f"Inert_{i}", (_Inert,), {}), n) for i, n in enumerate(names)]
-    try:
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise IRControlNetError(
-            f"{path}: refused: its training metadata ({', '.join(names[:8])}) cannot be read without running code "
-            f"({e}). Save the weights alone (torch.save(ckpt['state_dict'], ...)) or convert to .safetensors."
-        ) from None
-
-
-def _looks_like_safetensors(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+EXPECTED_FILE = ("a DiffBIR IRControlNet: v2.pth, DiffBIR_v2.1.pt, v1_general.pth or v1_face.pth (about 1.45 GB in "
+                 "fp32), or a .safetensors copy")
 
 
 def read_checkpoint(path: str) -> dict:
-    """All tensors of an IRControlNet file (any published wrapper or format), as loaded from disk.
-    Refuses code-carrying pickles and names truncated or unreadable files."""
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise IRControlNetError(f"{name}: no such file")
-    size = os.path.getsize(name)
-    try:
-        if _looks_like_safetensors(name) and not name.lower().endswith((".safetensors", ".sft")):
-            import safetensors.torch  # a safetensors file under another extension (file names lie)
-
-            return safetensors.torch.load_file(name, device="cpu")
-        return comfy.utils.load_torch_file(name, safe_load=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
-            raise IRControlNetError(f"{name}: not a readable PyTorch file ({e}); the file may be truncated or "
-                                    "corrupt - download it again") from None
-        sd = _torch_load_tolerating_metadata(name, e)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
-        return sd
-    except IRControlNetError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch, zipfile and safetensors each raise their own kinds
-        message = str(e).split("\n")[0]
-        raise IRControlNetError(
-            f"{name}: cannot read this file ({size} bytes): {message}. It is probably truncated or corrupt (an "
-            "interrupted download?): download it again. The published v2 / v2.1 IRControlNet files are about "
-            "1.45 GB in fp32.") from None
+    """All tensors of an IRControlNet file (any published wrapper or format), as loaded from disk,
+    through the pack's one weights reader (which names failed downloads and refuses code)."""
+    loaded = weights_io.read_tensors(path, EXPECTED_FILE)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        return loaded["state_dict"]
+    return loaded
 
 
 def _strip_prefix(sd: dict, prefix: str) -> dict:

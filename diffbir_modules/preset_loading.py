@@ -1,6 +1,6 @@
 """Loading everything one DiffBIR version + task needs, with the same loaders a hand-wired graph uses:
-ComfyUI's checkpoint loader for SD 2.1 (MODEL, CLIP, VAE), spandrel for the stage-1 cleaners (what the
-core "Load Upscale Model" node does) and the pack's IRControlNet loader. Missing files are found or
+ComfyUI's checkpoint loader for SD 2.1 (MODEL, CLIP, VAE), the pack's stage-1 loader (spandrel, as
+DiffBIR Load Stage-1 Model) and its IRControlNet loader. Missing files are found or
 downloaded through ``downloads.ensure``; see ``presets.PRESETS`` for the table."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import downloads, presets, sampling
+from . import downloads, ircontrolnet, presets, sampling, stage1
 
 log = logging.getLogger("comfyui-diffbir")
 
@@ -52,45 +52,14 @@ def load_checkpoint(path: str, version: str):
     return sampling.with_model_sampling(model, version), clip, vae
 
 
-def load_cleaner(path: str):
-    """A stage-1 cleaner as an UPSCALE_MODEL (spandrel ImageModelDescriptor), loaded the way the core
-    "Load Upscale Model" node loads it (safe torch.load, DataParallel prefix removed)."""
-    import comfy.utils
-    from spandrel import ImageModelDescriptor, ModelLoader
-
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    if "module.layers.0.residual_group.blocks.0.norm1.weight" in sd:
-        sd = comfy.utils.state_dict_prefix_replace(sd, {"module.": ""})
-    model = ModelLoader().load_from_state_dict(sd).eval()
-    if not isinstance(model, ImageModelDescriptor):
-        raise ValueError(f"{path} is not a single-image restoration model that spandrel can run "
-                         f"(got {type(model).__name__}); expected a DiffBIR stage-1 cleaner")
-    return model
-
-
-def ircontrolnet_loader():
-    """The pack's IRControlNet loader, ``diffbir_modules.ircontrolnet.load_ircontrolnet(path, version=...)``
-    (written on the ircontrolnet branch; its signature there is ``(path, version="auto", dtype=None)``).
-    Checked after the files are found and before the big checkpoint is loaded."""
-    try:
-        from . import ircontrolnet
-    except ImportError as error:
-        raise RuntimeError("this build of the DiffBIR pack has no IRControlNet loader "
-                           f"(diffbir_modules.ircontrolnet: {error})") from None
-    loader = getattr(ircontrolnet, "load_ircontrolnet", None)
-    if loader is None:
-        raise RuntimeError("diffbir_modules.ircontrolnet has no load_ircontrolnet(path) function")
-    return loader
-
-
-def load_preset(version: str, task: str, allow_download: bool = True, require_ircontrolnet: bool = True
+def load_preset(version: str, task: str, allow_download: bool = True, load_ircontrolnet: bool = True
                 ) -> LoadedPreset:
+    """Every model of a version + task. ``load_ircontrolnet`` False leaves the IRControlNet out (None)."""
     p = presets.preset_for(version, task)
     paths = downloads.ensure(p.files(), allow_download=allow_download)
-    load_control = ircontrolnet_loader() if require_ircontrolnet else None
     model, clip, vae = load_checkpoint(paths[p.checkpoint], p.version)
-    cleaner = load_cleaner(paths[p.cleaner])
-    background = load_cleaner(paths[p.background_cleaner]) if p.background_cleaner else cleaner
+    cleaner = stage1.load_cleaner(paths[p.cleaner])
+    background = stage1.load_cleaner(paths[p.background_cleaner]) if p.background_cleaner else cleaner
     # the release is known here, so it is passed on (the loader's "auto" cannot tell the releases apart)
-    control = load_control(paths[p.ircontrolnet], version=p.version) if load_control else None
+    control = ircontrolnet.load_ircontrolnet(paths[p.ircontrolnet], version=p.version) if load_ircontrolnet else None
     return LoadedPreset(p, paths, model, clip, vae, control, cleaner, background)

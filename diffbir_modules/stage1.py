@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import comfy_compat, presets, tiling
+from . import comfy_compat, presets, tiling, weights_io
 
 log = logging.getLogger(__name__)
 
@@ -529,27 +529,13 @@ def load_cleaner(path: str):
     pickles that carry code are refused (torch.load weights_only)."""
     import os
 
-    import comfy.utils
     from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
     name = os.path.basename(path)
     expected = ("a stage-1 cleaner (DiffBIR's general_swinir_v1.ckpt, face_swinir_v1.ckpt, "
                 "realesrgan_s4_swinir_100k.pth, KAIR's BSRNet.pth or scunet_color_real_psnr.pth, or another "
                 "spandrel-supported restoration model)")
-    try:
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file's name and what was expected
-        if "Unsupported global" in str(error):  # torch.load(weights_only=True) met a class or function
-            raise ValueError(f"{name}: is a pickle holding Python objects besides tensors, refused because loading "
-                             f"it could run code. Expected {expected}. If you trust the file, re-save its state "
-                             "dict (e.g. as .safetensors).") from error
-        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise ValueError(f"{name}: cannot be read as a weights file ({type(error).__name__}: {first_line}). "
-                         f"Expected {expected}; re-download the file if it is truncated.") from error
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{name}: holds no state dict of tensors. Expected {expected}.")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = weights_io.tensors_only(weights_io.read_tensors(path, expected), name, expected)
     foreign = describe_foreign(sd)
     if foreign:
         raise ValueError(f"{name} is {foreign}. Expected {expected}.")

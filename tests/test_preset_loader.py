@@ -66,7 +66,7 @@ def test_preset_loads_with_the_graph_loaders(comfy, isolated_folders):
         model_factory.sd2_checkpoint("tiny"))
     tiny_esrgan_x4(isolated_folders["upscale_models"] / "BSRNet.pth")
     (isolated_folders["diffbir"] / "v2.pth").write_bytes(b"stand-in: not loaded in this test")
-    loaded = loading.load_preset("v2", "sr", allow_download=False, require_ircontrolnet=False)
+    loaded = loading.load_preset("v2", "sr", allow_download=False, load_ircontrolnet=False)
     assert type(loaded.model.model.model_config).__name__ == "SD20"
     assert loaded.clip is not None and loaded.vae is not None
     assert type(loaded.cleaner).__name__ == "ImageModelDescriptor" and loaded.cleaner.scale == 4
@@ -85,11 +85,7 @@ def test_preset_loads_with_the_graph_loaders(comfy, isolated_folders):
     assert float(sampling.sigmas[-1]) > 1e3  # zero terminal SNR: the last sigma is (nearly) infinite
 
 
-def test_preset_node_end_to_end_when_ircontrolnet_is_available(comfy, isolated_folders):
-    try:
-        comfy.pack_module("diffbir_modules.ircontrolnet")
-    except ImportError:
-        pytest.skip("diffbir_modules.ircontrolnet is not in this build (ircontrolnet branch)")
+def test_preset_node_end_to_end(comfy, isolated_folders):
     (isolated_folders["checkpoints"] / "v2-1_512-ema-pruned.safetensors").symlink_to(
         model_factory.sd2_checkpoint("tiny"))
     tiny_esrgan_x4(isolated_folders["upscale_models"] / "BSRNet.pth")

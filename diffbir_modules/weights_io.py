@@ -1,0 +1,188 @@
+"""Reading weight files: the one reader every loader of the pack uses.
+
+First the file is sniffed (its first bytes say what it really is, whatever its extension), so a
+failed download, an HTML page, a Git LFS pointer or random bytes are named as such instead of as a
+pickle or torch error. Then it is read without running code: safetensors, or ``torch.load`` with
+``weights_only=True``. Training checkpoints whose only foreign objects are training metadata
+(PyTorch Lightning callbacks, OmegaConf configs, numpy scalars: DiffBIR's v1 .ckpt files) are read with
+inert stand-ins for those objects; anything else that would need code is refused.
+
+Errors are ``WeightsFileError`` (a ValueError) with one vocabulary: the file's name and size, what it
+actually is, what was expected, what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+
+import torch
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be used; the message says what it is and what to do."""
+
+
+# What a file is, from its first bytes.
+SAFETENSORS, TORCH_ZIP, PICKLE, HTML, LFS_POINTER, TEXT, EMPTY, UNKNOWN = (
+    "safetensors", "torch zip", "pickle", "html", "git-lfs pointer", "text", "empty", "unknown")
+
+
+def sniff(path: str) -> str:
+    """The kind of file at ``path`` from its first bytes (never loads it)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return EMPTY
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if len(head) >= 10 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return SAFETENSORS
+    if head.startswith(b"PK\x03\x04"):
+        return TORCH_ZIP
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return PICKLE
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"version https://git-lfs"):
+        return LFS_POINTER
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<body")) or b"<html" in text[:200]:
+        return HTML
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNKNOWN
+    return TEXT if decoded.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in decoded) else UNKNOWN
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def read_tensors(path: str, expected: str) -> dict:
+    """Everything in a weights file as loaded from disk (usually a dict of tensors, possibly nested in
+    a training checkpoint's dict). ``expected`` completes the errors' "Expected ..." sentence."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise WeightsFileError(f"{name}: no such file. Expected {expected}.")
+    size = os.path.getsize(name)
+    where = f"{name} ({_size(size)})"
+    redownload = "delete it and download the file again"
+    kind = sniff(name)
+    if kind == EMPTY:
+        raise WeightsFileError(f"{where}: the file is empty (an interrupted download?): {redownload}. "
+                               f"Expected {expected}.")
+    if kind == HTML:
+        raise WeightsFileError(f"{where}: is an HTML web page, not a weights file: the download failed (a login, "
+                               f"error or 'file too large' page was saved instead): {redownload}. Expected {expected}.")
+    if kind == LFS_POINTER:
+        raise WeightsFileError(f"{where}: is a Git LFS pointer (a few lines of text), not the weights: download the "
+                               f"file itself (the 'download' link, or git lfs pull). Expected {expected}.")
+    if kind in (TEXT, UNKNOWN):
+        what = "a text file" if kind == TEXT else f"not a weights file (it starts with bytes {_hex(name)})"
+        raise WeightsFileError(f"{where}: is {what}, neither safetensors nor a PyTorch file: {redownload}, or pick "
+                               f"the right file. Expected {expected}.")
+    try:
+        if kind == SAFETENSORS:
+            import safetensors.torch
+
+            return safetensors.torch.load_file(name, device="cpu")
+        return torch.load(name, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error) and "Unsupported global" not in str(error):
+            raise WeightsFileError(f"{where}: a {kind} file that cannot be read ({_first_line(error)}); it is "
+                                   f"probably truncated or corrupt: {redownload}. Expected {expected}.") from None
+        return _load_tolerating_metadata(name, where, error, expected)
+    except WeightsFileError:
+        raise
+    except Exception as error:  # noqa: BLE001 - torch, zipfile and safetensors each raise their own kinds
+        raise WeightsFileError(f"{where}: a {kind} file that cannot be read ({_first_line(error)}); it is probably "
+                               f"truncated or corrupt (an interrupted download?): {redownload}. "
+                               f"Expected {expected}.") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _hex(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read(8).hex(" ")
+
+
+# -- training checkpoints ---------------------------------------------------------------------------
+# Objects a training checkpoint may carry beside its tensors, which are safe to replace by stand-ins.
+_METADATA_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "pathlib.",
+                             "argparse.Namespace", "numpy.", "_codecs.encode", "typing.", "collections.")
+
+
+class _Inert:
+    """Stand-in for training metadata objects inside a checkpoint: swallows whatever the pickle
+    hands it, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+
+def _is_metadata_global(name: str) -> bool:
+    return name.startswith(_METADATA_GLOBAL_PREFIXES)
+
+
+def _load_tolerating_metadata(path: str, where: str, error: Exception, expected: str):
+    """Second attempt for a pickle torch's weights-only reader refused: if every foreign global is
+    training metadata, read it again with inert stand-ins for them; otherwise refuse the file."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    try:
+        names = finder(path) if finder is not None else None
+    except Exception:  # noqa: BLE001 - a legacy pickle: fall back to what torch named
+        names = None
+    if names is None:
+        names = re.findall(r"GLOBAL ([\w.]+)", str(error)) or ["unknown"]
+        names = [n for n in names if not _is_metadata_global(n)] or names
+    unsafe = [n for n in names if not _is_metadata_global(n)]
+    if unsafe or not names:
+        raise WeightsFileError(
+            f"{where}: refused: a pickle that holds Python code or objects besides tensors "
+            f"({', '.join(sorted(unsafe or names)[:8])}), and loading it could run code. Use a weights-only file "
+            f"(the published .pth/.pt, or a .safetensors copy). Expected {expected}.") from None
+    stand_ins = [(type(f"Inert_{i}", (_Inert,), {}), n) for i, n in enumerate(names)]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as second:
+        raise WeightsFileError(
+            f"{where}: refused: its training metadata ({', '.join(names[:8])}) cannot be read without running "
+            f"code ({_first_line(second)}). Save the weights alone (torch.save(ckpt['state_dict'], ...)) or convert "
+            f"them to .safetensors. Expected {expected}.") from None
+
+
+def tensors_only(loaded, source: str, expected: str, wrappers=("state_dict", "params_ema", "params", "model")) -> dict:
+    """The flat {name: tensor} dict inside a loaded file: unwrapped from a training checkpoint's
+    ``state_dict`` (or the other ``wrappers``) and from a DataParallel ``module.`` prefix."""
+    sd = loaded
+    if isinstance(sd, dict):
+        for key in wrappers:
+            if isinstance(sd.get(key), dict) and len(sd) <= 32:
+                sd = sd[key]
+                break
+        else:
+            if len(sd) == 1 and isinstance(next(iter(sd.values())), dict):  # {"anything": state_dict}
+                sd = next(iter(sd.values()))
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        held = "nothing" if isinstance(sd, dict) and not sd else type(sd).__name__
+        raise WeightsFileError(f"{source}: holds no state dict of tensors ({held}). Expected {expected}.")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
