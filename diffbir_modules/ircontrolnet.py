@@ -146,12 +146,32 @@ class IRControlNet(torch.nn.Module):
         t_emb = timestep_embedding(timesteps, self.config.model_channels, repeat_only=False).to(x.dtype)
         emb = self.time_embed(t_emb)
         h = torch.cat([x, hint.to(x.dtype)], dim=1)
+        options = fast_attention_options()
         outputs = []
         for block, zero_conv in zip(self.input_blocks, self.zero_convs):
-            h = block(h, emb, context)
+            h = block(h, emb, context, transformer_options=options)
             outputs.append(zero_conv(h, emb, context))
-        h = self.middle_block(h, emb, context)
+        h = self.middle_block(h, emb, context, transformer_options=options)
         return {"output": outputs, "middle": [self.middle_block_out(h, emb, context)]}
+
+
+def _scaled_dot_product(func, *args, **kwargs):
+    from comfy.ldm.modules import attention
+
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+def fast_attention_options() -> dict:
+    """transformer_options that run this network's attention with torch's scaled_dot_product_attention
+    when ComfyUI's global choice is one that materialises the whole score matrix (its CPU defaults:
+    split, sub-quadratic or basic attention). The same maths, several times faster on a CPU; a faster
+    choice a user made (xformers, flash, sage, or pytorch itself) is kept."""
+    from comfy.ldm.modules import attention
+
+    if attention.optimized_attention in (attention.attention_split, attention.attention_sub_quad,
+                                         attention.attention_basic):
+        return {"optimized_attention_override": _scaled_dot_product}
+    return {}
 
 
 def config_from_state_dict(sd: dict, source: str = "state dict") -> IRControlNetConfig:

@@ -555,3 +555,31 @@ def test_half_precision_storage_with_manual_cast(comfy, irc, tiny_models, prompt
     for a, b in zip(*outs):
         assert b.dtype == torch.float32  # computed in fp32 on the CPU (manual cast)
         assert (a - b).abs().max() < 0.03 * a.abs().max()
+
+
+@pytest.mark.parametrize("global_choice", ["attention_split", "attention_sub_quad", "attention_pytorch"])
+def test_attention_is_sdpa_whatever_the_global_cpu_choice(comfy, irc, monkeypatch, global_choice):
+    """The IRControlNet's own attention runs torch's scaled_dot_product_attention when ComfyUI's global
+    choice materialises the score matrix (its CPU defaults), and equals that choice's result."""
+    from comfy.ldm.modules import attention
+
+    monkeypatch.setattr(attention, "optimized_attention", getattr(attention, global_choice))
+    sd = model_factory.ircontrolnet_state_dict("tiny")
+    net = irc.IRControlNet(irc.config_from_state_dict(sd))
+    net.load_state_dict(sd, strict=False)
+    g = torch.Generator().manual_seed(0)
+    x, hint = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    t, context = torch.tensor([500.0, 20.0]), torch.randn(2, 77, 1024, generator=g)
+    calls = []
+    sdpa = attention.attention_pytorch
+    monkeypatch.setattr(attention, "attention_pytorch", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    with torch.inference_mode():
+        fast = net(x, hint, t, context)
+        monkeypatch.setattr(irc, "fast_attention_options", lambda: {})
+        calls_before = len(calls)
+        default = net(x, hint, t, context)
+    overridden = global_choice != "attention_pytorch"
+    assert (calls_before > 0) == overridden and len(calls) == calls_before
+    # float32 summation order only: measured 1.1e-6 of the largest residual (full-size network, 512 px)
+    for a, b in zip(fast["output"] + fast["middle"], default["output"] + default["middle"]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
