@@ -109,9 +109,14 @@ def face_order(boxes: torch.Tensor, order: str = "left to right") -> list:
     return sorted(range(count), key=lambda i: (round(centres[0][i], 3), round(centres[1][i], 3), i))
 
 
+# More indices than any photo has faces; a longer range ("0-300000") is cut here instead of being
+# expanded (and warned about) one index at a time.
+MAX_INDICES = 1000
+
+
 def parse_indices(text: str) -> list:
     """"0, 2, 5" -> [0, 2, 5], "1-3" -> [1, 2, 3], "-1" -> [-1] (the last face); anything else is an
-    error naming the part it cannot read."""
+    error naming the part it cannot read. At most MAX_INDICES indices (one warning when cut)."""
     indices = []
     for part in str(text).replace(";", ",").split(","):
         part = part.strip()
@@ -119,7 +124,15 @@ def parse_indices(text: str) -> list:
             continue
         span = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
         if span:
-            indices.extend(range(int(span.group(1)), int(span.group(2)) + 1))
+            first, last = int(span.group(1)), int(span.group(2))
+            if first > last:
+                raise ValueError(f"face index range {part!r} runs backwards: write it as '{last}-{first}'")
+            room = MAX_INDICES - len(indices)
+            if last - first + 1 > room:
+                logging.warning("DiffBIR faces: index range %r cut to its first %d indices (no photo has more faces)",
+                                part, max(room, 0))
+                last = first + room - 1
+            indices.extend(range(first, last + 1))
         elif re.fullmatch(r"-?\d+", part):
             indices.append(int(part))
         else:
@@ -157,14 +170,17 @@ def select(boxes: torch.Tensor, image_size, mode: str = "all", indices: str = ""
         distance = torch.hypot(cx, cy)
         return [min(candidates, key=lambda i: (float(distance[i]), i))]
     if mode == "indices":
-        chosen = []
+        chosen, missing = [], []
         for index in parse_indices(indices):
             position = index if index >= 0 else count + index
             if not 0 <= position < count:
-                logging.warning("DiffBIR faces: there is no face %d (found %d: 0-%d); ignored", index, count, count - 1)
+                missing.append(index)
                 continue
             if position in candidates and position not in chosen:
                 chosen.append(position)
+        if missing:  # one line, however many
+            shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            logging.warning("DiffBIR faces: there is no face %s (found %d: 0-%d); ignored", shown, count, count - 1)
         return chosen
     raise ValueError(f"unknown face selection {mode!r}; choose one of {', '.join(SELECT_MODES)}")
 

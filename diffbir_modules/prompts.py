@@ -20,6 +20,7 @@ the official single chunk (checked id for id against the official tokenizer).
 from __future__ import annotations
 
 import html
+import logging
 import re
 
 from .presets import VERSION_DEFAULTS
@@ -36,6 +37,16 @@ def default_prompts(version: str, caption: str = "") -> tuple[str, str, float]:
     positive, negative, cfg, _, _ = DEFAULTS[version]
     positive = ", ".join(text for text in (caption.strip(), positive) if text)
     return positive, negative, cfg
+
+
+def valid_unicode(text: str) -> str:
+    """The prompt with lone UTF-16 surrogates (half an emoji, from a bad copy-paste or an API client;
+    the tokenizer cannot take them and raised a TypeError) replaced by U+FFFD, and one warning."""
+    fixed = str(text).encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if fixed != text:
+        logging.warning("DiffBIR Text Encode: the prompt holds broken characters (lone surrogates, half of an emoji); "
+                        "they were replaced by U+FFFD. Retype those characters for the prompt you meant.")
+    return fixed
 
 
 def official_text_cleanup(text: str) -> str:
@@ -110,6 +121,7 @@ def official_tokens(clip, text: str, truncate: bool = True, weights: bool = Fals
     (parentheses, 'embedding:' and backslashes are just text, as officially); with ``weights``
     ComfyUI's own parser reads them. ``truncate``: one chunk of the first 75 tokens, as the official
     tokenizer; otherwise further 77-token chunks carry the rest (ComfyUI's way of counting every token)."""
+    text = valid_unicode(text)
     if cleanup:
         text = official_text_cleanup(text)
     if not weights:

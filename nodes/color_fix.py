@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import color_fix, comfy_compat, images
+from ..diffbir_modules import color_fix, comfy_compat, guards, images
 
 
 class DiffBIRColorFix(io.ComfyNode):
@@ -33,6 +33,8 @@ class DiffBIRColorFix(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, reference, method="wavelet") -> io.NodeOutput:
+        guards.require_finite("DiffBIR Colour Fix", "image", image)
+        guards.require_finite("DiffBIR Colour Fix", "reference", reference)
         content, alpha = images.split_alpha(image)
         style, _ = images.split_alpha(reference)
         content, style = images.match_batch(content, style)

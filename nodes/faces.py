@@ -8,7 +8,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..diffbir_modules import comfy_compat, face_models, images
+from ..diffbir_modules import comfy_compat, face_models, guards, images
 from ..diffbir_modules import faces as face_pipeline
 
 FaceDetector = io.Custom("DIFFBIR_FACE_DETECTOR")
@@ -108,9 +108,18 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, indices="0"):
+        try:
+            face_pipeline.parse_indices(indices)
+        except ValueError as error:
+            return f"DiffBIR Face Detect & Align: {error}"
+        return True
+
+    @classmethod
     def execute(cls, image, detector, face_size=512, selection="all", indices="0", min_size=0,
                 order="left to right", confidence=0.8, detection_size=640, eye_distance_threshold=5.0,
                 official_quirks=False) -> io.NodeOutput:
+        guards.require_finite("DiffBIR Face Detect & Align", "image", image)
         rgb, _ = images.split_alpha(image)
         bar = comfy.utils.ProgressBar(rgb.shape[0])
 
@@ -200,6 +209,8 @@ class DiffBIRFacePasteBack(io.ComfyNode):
     @classmethod
     def execute(cls, background, restored_faces, faces, color_match="none", feather=1.0, face_parser=None,
                 official_quirks=False) -> io.NodeOutput:
+        guards.require_finite("DiffBIR Face Paste Back", "background", background)
+        guards.require_finite("DiffBIR Face Paste Back", "restored_faces", restored_faces)
         bg, alpha = images.split_alpha(background)
         if len(faces) == 0:
             logging.warning("DiffBIR Face Paste Back: no faces to paste (%s); the background is returned as it is",

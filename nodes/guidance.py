@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import guidance, images
+from ..diffbir_modules import guards, guidance, images
 from ..diffbir_modules import sweep as sweep_grid
 
 
@@ -66,9 +66,19 @@ class DiffBIRRestorationGuidance(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0):
+        # Declaring these two here turns off ComfyUI's own min/max check for them: done below.
+        return (guards.require_range("start_percent", start_percent, 0.0, 1.0)
+                or guards.require_range("end_percent", end_percent, 0.0, 1.0)
+                or guards.require_order("DiffBIR Restoration Guidance", "start_percent", start_percent,
+                                        "end_percent", end_percent)
+                or True)
+
+    @classmethod
     def execute(cls, model, vae, image, scale=0.1, loss="w_mse", space="latent", start_percent=0.0,
                 end_percent=1.0, repeat=1, latent_target="mode", reference_steps=50,
                 rgb_memory="checkpoint") -> io.NodeOutput:
+        guards.require_finite("DiffBIR Restoration Guidance", "image", image)
         config = guidance.GuidanceConfig(
             scale=float(scale), loss=loss, space=space, start_percent=float(start_percent),
             end_percent=float(end_percent), repeat=int(repeat), latent_target=latent_target,

@@ -4,11 +4,12 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import comfy_compat, images
+from ..diffbir_modules import comfy_compat, guards, images
 from ..diffbir_modules import ircontrolnet as irc
 
 IRControlNetType = io.Custom("DIFFBIR_IRCONTROLNET")
 
+NODE_NAME = "DiffBIR Apply IRControlNet"
 VERSION_OPTIONS = ["auto", *irc.VERSIONS]
 PADDING_OPTIONS = list(irc.PADDINGS)
 
@@ -105,10 +106,22 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0):
+        # Declaring these two here turns off ComfyUI's own min/max check for them: done below.
+        return (guards.require_range("start_percent", start_percent, 0.0, 1.0)
+                or guards.require_range("end_percent", end_percent, 0.0, 1.0)
+                or guards.require_order(NODE_NAME, "start_percent", start_percent, "end_percent", end_percent)
+                or True)
+
+    @classmethod
     def execute(cls, positive, negative, ircontrolnet, vae, image, strength=1.0, start_percent=0.0, end_percent=1.0,
                 start_point="noise", padding="64", vae_tile_size=0) -> io.NodeOutput:
         if start_point not in ("noise", "cond"):
             raise ValueError(f"unknown start_point {start_point!r}; choose noise or cond")
+        guards.require_finite(NODE_NAME, "image", image)
+        order = guards.require_order(NODE_NAME, "start_percent", start_percent, "end_percent", end_percent)
+        if order:  # linked values are not seen at validation time
+            raise guards.InputError(order)
         rgb, _ = images.split_alpha(image)
         height, width = rgb.shape[-2:]
         condition, raw = irc.encode_condition(vae, rgb, padding, tile_size=vae_tile_size)

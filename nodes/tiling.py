@@ -3,8 +3,8 @@ exact tiled VAE encode/decode."""
 
 from comfy_api.latest import io
 
+from ..diffbir_modules import guards, tiled_vae
 from ..diffbir_modules import tiled_diffusion as td
-from ..diffbir_modules import tiled_vae
 
 WEIGHTING_OPTIONS = ["gaussian", "gaussian_symmetric", "uniform"]
 
@@ -81,6 +81,7 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, samples, tile_size=0) -> io.NodeOutput:
+        guards.require_finite("DiffBIR VAE Decode (exact tiles)", "samples", samples["samples"])
         return io.NodeOutput(tiled_vae.decode(vae, samples["samples"], tile_size))
 
 
@@ -109,4 +110,7 @@ class DiffBIRVAEEncodeTiled(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, pixels, tile_size=0) -> io.NodeOutput:
+        guards.require_finite("DiffBIR VAE Encode (exact tiles)", "pixels", pixels)
+        guards.require_min_size("DiffBIR VAE Encode (exact tiles)", "pixels", pixels, 8,
+                                "the VAE encodes 8x8 pixel blocks and crops the rest")
         return io.NodeOutput({"samples": tiled_vae.encode(vae, pixels, tile_size)})

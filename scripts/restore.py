@@ -14,6 +14,7 @@ Weights are looked up in ComfyUI's model folders (``--models-dir``, default: the
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -35,8 +36,8 @@ WORKFLOW_FOR = {
     ("sr", "v1"): "DiffBIR v1 general.json",
     ("denoise", "v2"): "DiffBIR v2 denoising (SCUNet).json",
     ("denoise", "v1"): "DiffBIR v1 general.json",
-    ("face", "v2.1"): "DiffBIR v2.1 aligned faces.json",
-    ("face_in_the_wild", "v2.1"): "DiffBIR v2.1 faces in the wild.json",
+    ("face", "v2.1"): "DiffBIR aligned face (v2.1).json",
+    ("face_in_the_wild", "v2.1"): "DiffBIR faces in the wild (v2.1).json",
 }
 
 
@@ -140,6 +141,23 @@ def patch_prompt(prompt: dict, image_name: str, prefix: str, args) -> dict:
     return prompt
 
 
+def output_path(output: Path, image: Path, n: int, suffix: str, inputs: set[Path]) -> Path | None:
+    """Where the n-th result of ``image`` goes; None when that would overwrite one of the inputs."""
+    target = output / (f"{image.stem}_diffbir" + (f"_{n}" if n else "") + suffix)
+    return None if target.resolve() in inputs else target
+
+
+def write_atomically(source: Path, target: Path) -> None:
+    """Copies ``source`` to ``target`` through a temporary file in the same folder and a rename, so an
+    interrupted run never leaves a half-written image under the final name."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 class Progress:
     """One status line per node with its step progress, from the server's websocket messages."""
 
@@ -168,6 +186,8 @@ def main(argv=None) -> int:
     if not ensure_weights(workflow, Path(models_dir)):
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
+    inputs = {image.resolve() for image in images}
+    failures = []
     with comfy_headless.ComfyServer(base) as server:
         object_info = server.object_info()
         for index, image in enumerate(images, 1):
@@ -178,12 +198,24 @@ def main(argv=None) -> int:
             try:
                 entry = server.run_with_progress(prompt, Progress(prompt), timeout=args.timeout)
             except (comfy_headless.PromptRejected, comfy_headless.PromptFailed) as error:
+                # One bad image does not stop the folder: reported here and in the summary.
                 print(f"\n  failed: {error}", file=sys.stderr)
-                return 1
-            for n, produced in enumerate(server.output_images(entry)):
-                target = args.output / (f"{image.stem}_diffbir" + (f"_{n}" if n else "") + produced.suffix)
-                shutil.copy(produced, target)
+                failures.append(image)
+                continue
+            saved = [p for p in server.output_images(entry) if p.is_relative_to(base / "output")]  # no previews
+            for n, produced in enumerate(saved):
+                target = output_path(args.output, image, n, produced.suffix, inputs)
+                if target is None:
+                    print("\n  not written: the result would overwrite an input image; choose another --output",
+                          file=sys.stderr)
+                    failures.append(image)
+                    continue
+                write_atomically(produced, target)
                 print(f"\n  -> {target}")
+    if failures:
+        print(f"DiffBIR: {len(failures)} of {len(images)} image(s) failed: "
+              + ", ".join(str(p) for p in failures), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,7 +1,9 @@
 """README's first command: scripts/restore.py restores images through a headless ComfyUI with an
 example workflow, finding the weights in a ComfyUI models folder (here: random weights under the
-published names), and names missing weights with their URL and folder."""
+published names), and names missing weights with their URL and folder. A bad image in a folder is
+reported and the rest restored; inputs are never overwritten; outputs appear whole or not at all."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,43 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 
 
+def restore_module():
+    spec = importlib.util.spec_from_file_location("restore_script", REPO / "scripts" / "restore.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_restore(*args, timeout=1500):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "restore.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_task_and_version_names_an_existing_workflow():
+    restore = restore_module()
+    tasks = sorted({t for t, _ in restore.WORKFLOW_FOR})
+    assert {"sr", "denoise", "face", "face_in_the_wild"} <= set(tasks)
+    for task, version in restore.WORKFLOW_FOR:
+        args = restore.parse_args(["--input", "x", "--output", "y", "--task", task, "--version", version])
+        path = restore.choose_workflow(args)
+        assert path.is_file(), (task, version, path)
+
+
+def test_outputs_never_replace_an_input_and_are_written_whole(tmp_path):
+    restore = restore_module()
+    image = tmp_path / "a.png"
+    clash = tmp_path / "a_diffbir.png"
+    inputs = {image.resolve(), clash.resolve()}
+    assert restore.output_path(tmp_path, image, 0, ".png", inputs) is None
+    assert restore.output_path(tmp_path, image, 1, ".png", inputs) == tmp_path / "a_diffbir_1.png"
+    source = tmp_path / "produced.png"
+    source.write_bytes(b"x" * 1000)
+    target = tmp_path / "out.png"
+    restore.write_atomically(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "produced.png"]  # no temporary left
+
+
 @pytest.mark.server
 def test_restore_a_folder_end_to_end(published_models, tmp_path):
     inputs = tmp_path / "in"
@@ -21,16 +60,28 @@ def test_restore_a_folder_end_to_end(published_models, tmp_path):
     rng = np.random.default_rng(1)
     for name, size in (("a.png", (24, 32)), ("b.jpg", (20, 28))):
         Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(inputs / name)
+    (inputs / "0_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(200))  # first, so the rest must follow
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "restore.py"), "--input", str(inputs), "--output", str(out),
-         "--task", "sr", "--version", "v2", "--upscale", "2", "--steps", "2", "--min-short-side", "0",
-         "--models-dir", str(MODELS_DIR)], capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_restore("--input", inputs, "--output", out, "--task", "sr", "--version", "v2", "--upscale", 2,
+                         "--steps", 2, "--min-short-side", 0, "--models-dir", MODELS_DIR)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 of 3 image(s) failed" in result.stderr and "0_broken.png" in result.stderr
     assert "/2" in result.stdout  # step progress was shown
+    assert sorted(p.name for p in out.iterdir()) == ["a_diffbir.png", "b_diffbir.png"]  # nothing for the broken one
     a, b = Image.open(out / "a_diffbir.png"), Image.open(out / "b_diffbir.png")
     assert a.size == (64, 48) and b.size == (56, 40)
     assert np.asarray(a).std() > 1
+
+
+@pytest.mark.server
+def test_restore_an_aligned_face(published_models, tmp_path):
+    image = tmp_path / "face.png"
+    Image.fromarray((np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)).save(image)
+    result = run_restore("--input", image, "--output", tmp_path / "out", "--task", "face", "--steps", 2,
+                         "--min-short-side", 0, "--models-dir", MODELS_DIR)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "DiffBIR aligned face (v2.1).json" in result.stdout
+    assert Image.open(tmp_path / "out" / "face_diffbir.png").size == (32, 32)
 
 
 def test_restore_names_missing_weights(tmp_path):
