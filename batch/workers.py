@@ -76,7 +76,8 @@ class RestoreWorker:
             Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
             return {"png": buffer.getvalue(), "seconds": time.monotonic() - started, "worker": self.label}
         except Exception as error:  # the item failed, not the worker: report it and carry on
-            return {"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - started,
+            message = f"{type(error).__name__}: {error}".replace(str(file), name)  # the input's name, not ours
+            return {"error": message, "seconds": time.monotonic() - started,
                     "worker": self.label}
         finally:
             file.unlink(missing_ok=True)
