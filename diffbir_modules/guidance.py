@@ -382,7 +382,8 @@ class RestorationGuidance:
                                 "produced it (restoration guidance would spread them into every step)")
         self.vae = vae
         self.config = config
-        self.image = image_rgb01.detach().float().cpu().clamp(0, 1)
+        # not clipped: the official v2.0 target is the stage-1 output as it is (pad_clean * 2 - 1)
+        self.image = image_rgb01.detach().float().cpu()
         self.key = uuid.uuid4().hex
         self.noise_source = noise_source  # tests: callable(shape) -> posterior noise
         self._targets: dict[tuple[int, int], Target] = {}

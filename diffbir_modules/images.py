@@ -1,6 +1,7 @@
 """Conversions between ComfyUI IMAGE tensors ([B,H,W,C] float32 in [0,1], on the CPU) and the
 NCHW tensors the networks use, with the alpha channel kept apart."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,13 +21,16 @@ def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]
     return nchw.contiguous(), None
 
 
-def join_alpha(rgb: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
-    """rgb NCHW (+ alpha N1HW, resized to rgb's size if needed) -> IMAGE [B,H,W,C] float32 in [0,1] on CPU."""
+def join_alpha(rgb: torch.Tensor, alpha: torch.Tensor | None, clamp: bool = True) -> torch.Tensor:
+    """rgb NCHW (+ alpha N1HW, resized to rgb's size if needed) -> IMAGE [B,H,W,C] float32 on CPU, clipped to
+    [0,1] unless ``clamp`` is off (the official pipelines carry unclipped values between their stages)."""
     if alpha is not None:
         if alpha.shape[-2:] != rgb.shape[-2:]:
-            alpha = resize(alpha.to(rgb), rgb.shape[-2:])
+            alpha = resize(alpha.to(rgb), rgb.shape[-2:]).clamp(0.0, 1.0)
         rgb = torch.cat([rgb, alpha.to(rgb)], dim=1)
-    return rgb.clamp(0.0, 1.0).movedim(1, -1).to(device="cpu", dtype=torch.float32).contiguous()
+    if clamp:
+        rgb = rgb.clamp(0.0, 1.0)
+    return rgb.movedim(1, -1).to(device="cpu", dtype=torch.float32).contiguous()
 
 
 def resize(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
@@ -37,6 +41,29 @@ def resize(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
     if mode == "nearest":
         return F.interpolate(x, size=size, mode=mode)
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+
+
+OUTPUT_RESIZES = ("bicubic_antialias", "lanczos_uint8")
+
+
+def resize_to_output(rgb: torch.Tensor, size, method: str) -> torch.Tensor:
+    """The official last step: the restored image (NCHW float, unclipped) to the requested ``size`` (h, w).
+    bicubic_antialias (v2 / v2.1): torch bicubic with antialias on the float tensor, always called, then
+    the caller clips. lanczos_uint8 (v1): clipped and truncated to uint8, PIL LANCZOS, back to float."""
+    size = (int(size[0]), int(size[1]))
+    if method == "bicubic_antialias":
+        return F.interpolate(rgb.float(), size=size, mode="bicubic", antialias=True)
+    if method != "lanczos_uint8":
+        raise ValueError(f"unknown resize method {method!r}; choose one of {', '.join(OUTPUT_RESIZES)}")
+    from PIL import Image
+
+    out = []
+    for x in rgb:
+        # v1 converts with clip + astype(uint8), which truncates: kept for parity
+        array = (x.permute(1, 2, 0).float().cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
+        resized = Image.fromarray(array).resize((size[1], size[0]), Image.LANCZOS)
+        out.append(torch.from_numpy(np.asarray(resized).astype(np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(out).to(rgb.device)
 
 
 def match_batch(a: torch.Tensor, b: torch.Tensor, names=("image", "reference")) -> tuple[torch.Tensor, torch.Tensor]:

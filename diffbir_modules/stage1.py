@@ -132,6 +132,7 @@ class Settings:
     tile_stride: int = presets.CLEANER_TILE_STRIDE
     weighting: str = "gaussian"
     official_midpoint: bool = True
+    clamp: bool = True  # clip the result to [0, 1]; the official pipelines keep the network's values
 
 
 def resolve_rules(name: str, cleaner: Cleaner) -> Rules:
@@ -363,7 +364,7 @@ def run_batch(images: torch.Tensor, cleaner: Cleaner, settings: Settings, device
               on_image: Callable[[int, Plan], None] | None = None) -> tuple[torch.Tensor, Plan]:
     """Stage 1 on an IMAGE batch [B, H, W, C] (RGB, gray or RGBA): each image on its own, with the
     official size rules; alpha is resized to the result and carried, never fed to the network.
-    Returns (IMAGE [B, h, w, 3 or 4] float32 in [0, 1] on the CPU, the plan of the images)."""
+    Returns (IMAGE [B, h, w, 3 or 4] float32 on the CPU, in [0, 1] when ``settings.clamp``, the plan)."""
     from . import images as image_utils
 
     validate_image(images)
@@ -378,7 +379,7 @@ def run_batch(images: torch.Tensor, cleaner: Cleaner, settings: Settings, device
         y = restore_one(rgb[i : i + 1], cleaner, rules, settings, the_plan, device, dtype, on_tile)
         outputs.append(y)
     out = torch.cat(outputs)
-    return image_utils.join_alpha(out, alpha), the_plan
+    return image_utils.join_alpha(out, alpha, clamp=settings.clamp), the_plan
 
 
 def halve_tiles(settings: Settings, floor: int) -> Settings | None:

@@ -1,7 +1,7 @@
 """The pack's ComfyUI nodes: thin V3 node classes that read inputs, call diffbir_modules, and return
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
-from .color_fix import DiffBIRColorFix
+from .color_fix import DiffBIRColorFix, DiffBIRResizeToOutputSize
 from .degradation import DiffBIRSynthesizeDegradation
 from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
 from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
@@ -28,6 +28,7 @@ NODES = [
     DiffBIRApplyIRControlNet,
     DiffBIRCropToStage1,
     DiffBIRColorFix,
+    DiffBIRResizeToOutputSize,
     # sampling: official schedules, samplers and prompts
     DiffBIRModelSampling,
     DiffBIRSpacedSigmas,

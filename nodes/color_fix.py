@@ -27,12 +27,16 @@ class DiffBIRColorFix(io.ComfyNode):
                 io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet", tooltip=(
                     "wavelet: official DiffBIR, 5-level a-trous split (keeps fine detail, follows local colour). "
                     "adain: global mean/std per channel (keeps more of the generated local colour).")),
+                io.Boolean.Input("clamp", default=True, tooltip=(
+                    "On: the result is clipped to [0, 1]. Off (official): left unclipped, because the official "
+                    "code resizes the colour-fixed image before it clips; connect 'DiffBIR Resize to Output "
+                    "Size', which clips once at the end.")),
             ],
             outputs=[io.Image.Output(tooltip="The restored image with the reference's colours.")],
         )
 
     @classmethod
-    def execute(cls, image, reference, method="wavelet") -> io.NodeOutput:
+    def execute(cls, image, reference, method="wavelet", clamp=True) -> io.NodeOutput:
         guards.require_finite("DiffBIR Colour Fix", "image", image)
         guards.require_finite("DiffBIR Colour Fix", "reference", reference)
         content, alpha = images.split_alpha(image)
@@ -40,4 +44,41 @@ class DiffBIRColorFix(io.ComfyNode):
         content, style = images.match_batch(content, style)
         style = images.resize(style, content.shape[-2:])
         fix = color_fix.wavelet_color_fix if method == "wavelet" else color_fix.adain_color_fix
-        return io.NodeOutput(images.join_alpha(fix(content, style), alpha))
+        return io.NodeOutput(images.join_alpha(fix(content, style), alpha, clamp=clamp))
+
+
+class DiffBIRResizeToOutputSize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRResizeToOutputSize",
+            **comfy_compat.schema_fields(search_aliases=[
+                "resize", "output size", "upscale", "final size", "bicubic", "lanczos"]),
+            display_name="DiffBIR Resize to Output Size",
+            category="DiffBIR",
+            description=(
+                "DiffBIR's very last step: resizes the restored image to the size the user asked for (input "
+                "size x upscale: Degradation Removal's width and height outputs), the way the official code "
+                "does, then clips to [0, 1]. Stage 2 works with at least 512 px on the short side, so without "
+                "this a small input comes out larger than requested. Core 'Upscale Image' resamples "
+                "differently (no antialias), a few levels off the official result."),
+            inputs=[
+                io.Image.Input("image", tooltip="The restored image (DiffBIR Colour Fix output)."),
+                io.Int.Input("width", default=512, min=1, max=16384, tooltip=(
+                    "Output width: connect Degradation Removal's width output.")),
+                io.Int.Input("height", default=512, min=1, max=16384, tooltip=(
+                    "Output height: connect Degradation Removal's height output.")),
+                io.Combo.Input("method", options=list(images.OUTPUT_RESIZES), default="bicubic_antialias",
+                               tooltip=(
+                    "bicubic_antialias: official v2 and v2.1 (torch bicubic with antialias on the unclipped "
+                    "float image). lanczos_uint8: official v1 (the image is clipped and truncated to 8 bits, "
+                    "then PIL LANCZOS).")),
+            ],
+            outputs=[io.Image.Output(tooltip="The restored image at width x height, in [0, 1].")],
+        )
+
+    @classmethod
+    def execute(cls, image, width, height, method="bicubic_antialias") -> io.NodeOutput:
+        rgb, alpha = images.split_alpha(image)
+        out = images.resize_to_output(rgb, (height, width), method)
+        return io.NodeOutput(images.join_alpha(out, alpha))

@@ -61,6 +61,11 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
                     "The bicubic pre-upscale. pil_uint8: PIL on the 8-bit image, as the official code (exact for "
                     "images loaded from 8-bit files). pil_float: the same PIL filter on float values, no rounding "
                     "(for 16-bit or generated inputs).")),
+                io.Boolean.Input("clamp", default=True, tooltip=(
+                    "On: the result is clipped to [0, 1], the usual IMAGE range. Off (official): the network's "
+                    "values are kept as they are (a little outside [0, 1] where it overshoots), because the "
+                    "official code encodes and colour-corrects the unclipped stage-1 output and clips only the "
+                    "final image; 'DiffBIR Resize to Output Size' clips at the end. Save/Preview Image clip too.")),
             ],
             outputs=[
                 io.Image.Output("cleaned", display_name="cleaned", tooltip=(
@@ -75,13 +80,13 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, upscale_model, preset="auto", upscale=4.0, min_short_side=512, tiled=False, tile_size=512,
-                tile_stride=256, tile_weighting="gaussian", resample="pil_uint8") -> io.NodeOutput:
+                tile_stride=256, tile_weighting="gaussian", resample="pil_uint8", clamp=True) -> io.NodeOutput:
         guards.require_finite("DiffBIR Degradation Removal (stage 1)", "image", image)
         settings = stage1.Settings(
             rules=preset, upscale=upscale, min_short_side=min_short_side, resample=resample, tiled=tiled,
             tile_size=tile_size, tile_stride=tile_stride,
             weighting="uniform" if tile_weighting == "uniform" else "gaussian",
-            official_midpoint=tile_weighting != "gaussian_symmetric")
+            official_midpoint=tile_weighting != "gaussian_symmetric", clamp=clamp)
         out, plan = stage1.run_in_comfy(image, upscale_model, settings)
         return io.NodeOutput(out, plan.requested[1], plan.requested[0])
 

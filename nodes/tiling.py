@@ -75,14 +75,19 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
                     "Tile size in output pixels: 0 = automatic (untiled when it fits in memory), else a multiple of "
                     "64, at least 64 (official decoder tile 256). Smaller tiles use less memory; the result is the "
                     "same.")),
+                io.Boolean.Input("clamp", default=True, tooltip=(
+                    "On: clipped to [0, 1] like VAE Decode. Off (official): the decoder's values as they are, "
+                    "because the official code colour-corrects and resizes the unclipped decode and clips only the "
+                    "final image: feed 'DiffBIR Colour Fix' (clamp off) and 'DiffBIR Resize to Output Size', "
+                    "which clips at the end.")),
             ],
-            outputs=[io.Image.Output(tooltip="The decoded image.")],
+            outputs=[io.Image.Output(tooltip="The decoded image (unclipped when clamp is off).")],
         )
 
     @classmethod
-    def execute(cls, vae, samples, tile_size=0) -> io.NodeOutput:
+    def execute(cls, vae, samples, tile_size=0, clamp=True) -> io.NodeOutput:
         guards.require_finite("DiffBIR VAE Decode (exact tiles)", "samples", samples["samples"])
-        return io.NodeOutput(tiled_vae.decode(vae, samples["samples"], tile_size))
+        return io.NodeOutput(tiled_vae.decode(vae, samples["samples"], tile_size, clamp=clamp))
 
 
 class DiffBIRVAEEncodeTiled(io.ComfyNode):

@@ -8,7 +8,8 @@
   (DiffBIR's --task face: no detection at all).
 
 ``chain="diffbir"`` is the real restoration chain (preset loader, degradation removal, IRControlNet,
-KSampler, crop, colour fix: the nodes of the stage1 / ircontrolnet / samplers / userready areas);
+KSampler, unclipped decode, crop, colour fix, resize to the requested size: the nodes of the stage1 /
+ircontrolnet / samplers / userready areas);
 ``chain="stock"`` replaces each restoration by stock nodes (VAE encode -> KSampler img2img -> decode
 for the faces, a bicubic upscale for the background) so the face nodes can be exercised without them.
 
@@ -27,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 from builder import Node, build, live_object_info, note, write  # noqa: E402
+from general import official_finish  # noqa: E402
 
 from diffbir_modules import weights  # noqa: E402
 
@@ -63,7 +65,7 @@ def _diffbir_restore(prefix: str, image, preset: str, cleaner_output: int, upsca
     """The DiffBIR chain on ``image`` with the preset loader's models; the last node is the result."""
     return [
         Node(f"{prefix}_clean", "DiffBIRDegradationRemoval", title=f"{prefix}: degradation removal",
-             image=image, upscale_model=(preset, cleaner_output), upscale=upscale),
+             image=image, upscale_model=(preset, cleaner_output), upscale=upscale, clamp=False),
         Node(f"{prefix}_pos", "CLIPTextEncode", title=f"{prefix}: positive", text=(preset, 8), clip=(preset, 1)),
         Node(f"{prefix}_neg", "CLIPTextEncode", title=f"{prefix}: negative", text=(preset, 9), clip=(preset, 1)),
         Node(f"{prefix}_control", "DiffBIRApplyIRControlNet", positive=(f"{prefix}_pos", 0),
@@ -71,10 +73,8 @@ def _diffbir_restore(prefix: str, image, preset: str, cleaner_output: int, upsca
         Node(f"{prefix}_sample", "KSampler", model=(preset, 0), positive=(f"{prefix}_control", 0),
              negative=(f"{prefix}_control", 1), latent_image=(f"{prefix}_control", 2), seed=seed,
              steps=(preset, 6), cfg=(preset, 7), sampler_name="dpmpp_3m_sde", scheduler="karras", denoise=1.0),
-        Node(f"{prefix}_decode", "VAEDecode", samples=(f"{prefix}_sample", 0), vae=(preset, 2)),
-        Node(f"{prefix}_crop", "DiffBIRCropToStage1", image=(f"{prefix}_decode", 0), stage1=(f"{prefix}_clean", 0)),
-        Node(f"{prefix}_colour", "DiffBIRColorFix", title=f"{prefix}: restored", image=(f"{prefix}_crop", 0),
-             reference=(f"{prefix}_clean", 0), method="wavelet"),
+        *official_finish(f"{prefix}_", (f"{prefix}_sample", 0), (preset, 2), (f"{prefix}_clean", 0),
+                         (f"{prefix}_clean", 1), (f"{prefix}_clean", 2)),
     ]
 
 
@@ -87,7 +87,7 @@ def _stock_restore(prefix: str, image, checkpoint: str, seed: int) -> list:
         Node(f"{prefix}_sample", "KSampler", model=(checkpoint, 0), positive=(f"{prefix}_pos", 0),
              negative=(f"{prefix}_neg", 0), latent_image=(f"{prefix}_encode", 0), seed=seed, steps=2, cfg=4.0,
              sampler_name="euler", scheduler="normal", denoise=0.3),
-        Node(f"{prefix}_colour", "VAEDecode", title=f"{prefix}: restored", samples=(f"{prefix}_sample", 0),
+        Node(f"{prefix}_resize", "VAEDecode", title=f"{prefix}: restored", samples=(f"{prefix}_sample", 0),
              vae=(checkpoint, 2)),
     ]
 
@@ -111,7 +111,7 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
     elif chain == "stock":
         nodes.append(Node("ckpt", "CheckpointLoaderSimple", ckpt_name=checkpoint))
         nodes += _stock_restore("face", ("detect", 0), "ckpt", seed=231)
-        nodes.append(Node("background_colour", "ImageScaleBy", title="background: restored (stand-in)",
+        nodes.append(Node("background_resize", "ImageScaleBy", title="background: restored (stand-in)",
                           image=("load", 0), upscale_method="bicubic", scale_by=upscale))
     else:
         raise ValueError(f"unknown chain {chain!r}")
@@ -120,8 +120,8 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
         nodes.append(Node("parser", "DiffBIRFaceParserLoader",
                           models=[weights.workflow_model_entry("parsenet")]))
         paste_options["face_parser"] = ("parser", 0)
-    nodes += [Node("paste", "DiffBIRFacePasteBack", background=("background_colour", 0),
-                   restored_faces=("face_colour", 0), faces=("detect", 1), **paste_options),
+    nodes += [Node("paste", "DiffBIRFacePasteBack", background=("background_resize", 0),
+                   restored_faces=("face_resize", 0), faces=("detect", 1), **paste_options),
               Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_faces"),
               Node("save_mask", "MaskToImage", mask=("paste", 1)),
               Node("mask_preview", "PreviewImage", title="paste mask", images=("save_mask", 0))]
@@ -137,7 +137,7 @@ def aligned_face(chain: str = "diffbir", image: str = "face.png", checkpoint: st
     else:
         nodes.append(Node("ckpt", "CheckpointLoaderSimple", ckpt_name=checkpoint))
         nodes += _stock_restore("face", ("load", 0), "ckpt", seed=231)
-    nodes.append(Node("save", "SaveImage", images=("face_colour", 0), filename_prefix="diffbir_face"))
+    nodes.append(Node("save", "SaveImage", images=("face_resize", 0), filename_prefix="diffbir_face"))
     return nodes
 
 

@@ -44,7 +44,7 @@ def chain(version: str, task: str, upscale: float, sampler: str = "official", lo
         Node("cleaner", "DiffBIRStage1Loader", title="stage-1 cleaner", model_name=_file(p.cleaner),
              models=_models(p.cleaner)),
         Node("stage1", "DiffBIRDegradationRemoval", title="stage 1: degradation removal", image=("load", 0),
-             upscale_model=("cleaner", 0), preset=f"{version} {task}", upscale=upscale,
+             upscale_model=("cleaner", 0), preset=f"{version} {task}", upscale=upscale, clamp=False,
              **({"tiled": True} if tiled else {})),
         Node("ckpt", "CheckpointLoaderSimple", title="Stable Diffusion 2.1", ckpt_name=_file(p.checkpoint),
              models=_models(p.checkpoint)),
@@ -97,19 +97,30 @@ def chain(version: str, task: str, upscale: float, sampler: str = "official", lo
         nodes.append(Node("sample", "KSampler", model=model, positive=("apply", 0), negative=("apply", 1),
                           latent_image=("apply", 2), seed=SEED, steps=p.steps, cfg=p.cfg,
                           sampler_name="dpmpp_3m_sde", scheduler="simple", denoise=1.0))
-    decode = (Node("decode", "DiffBIRVAEDecodeTiled", title="exact tiled VAE decode", samples=("sample", 0),
-                   vae=("ckpt", 2)) if tiled else Node("decode", "VAEDecode", samples=("sample", 0), vae=("ckpt", 2)))
     nodes += [
-        decode,
-        Node("crop", "DiffBIRCropToStage1", image=("decode", 0), stage1=("stage1", 0)),
-        Node("colour", "DiffBIRColorFix", title="colour fix (official: wavelet)", image=("crop", 0),
-             reference=("stage1", 0), method="wavelet"),
-        *([Node("grid", "DiffBIRImageGrid", title="side by side", images=("colour", 0), labels=("scales", 1)),
+        *official_finish("", ("sample", 0), ("ckpt", 2), ("stage1", 0), ("stage1", 1), ("stage1", 2),
+                         decode_title="exact tiled VAE decode (official: unclipped)" if tiled else None),
+        *([Node("grid", "DiffBIRImageGrid", title="side by side", images=("resize", 0), labels=("scales", 1)),
            Node("save", "SaveImage", images=("grid", 0), filename_prefix="diffbir_guidance_sweep")] if sweep else
-          [Node("save", "SaveImage", images=("colour", 0), filename_prefix="diffbir")]),
+          [Node("save", "SaveImage", images=("resize", 0), filename_prefix="diffbir")]),
         Node("preview_stage1", "PreviewImage", title="stage-1 result", images=("stage1", 0)),
     ]
     return nodes
+
+
+def official_finish(prefix: str, samples, vae, stage1, width, height, decode_title: str | None = None) -> list:
+    """Decode -> crop -> colour fix -> resize to the requested size, as the official code ends: the decode
+    and colour fix leave the values unclipped (the official code clips only the final image), the resize
+    clips. The last node's key is ``<prefix>resize``."""
+    return [
+        Node(f"{prefix}decode", "DiffBIRVAEDecodeTiled", title=decode_title or "VAE decode (official: unclipped)",
+             samples=samples, vae=vae, clamp=False),
+        Node(f"{prefix}crop", "DiffBIRCropToStage1", image=(f"{prefix}decode", 0), stage1=stage1),
+        Node(f"{prefix}colour", "DiffBIRColorFix", title="colour fix (official: wavelet, unclipped)",
+             image=(f"{prefix}crop", 0), reference=stage1, method="wavelet", clamp=False),
+        Node(f"{prefix}resize", "DiffBIRResizeToOutputSize", title="resize to input size x upscale (official)",
+             image=(f"{prefix}colour", 0), width=width, height=height, method="bicubic_antialias"),
+    ]
 
 
 def _readme(title: str, body: str) -> Node:
