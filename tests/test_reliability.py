@@ -354,6 +354,9 @@ CASES += [
          errors=("DiffBIR Apply IRControlNet", *ORDER)),
     Case("apply-irc-start-1-end-0", "parameters", lambda: stage2_graph(start=1.0, end=0.0),
          errors=("DiffBIR Apply IRControlNet", *ORDER)),
+    Case("apply-irc-linked-start-after-end", "parameters", lambda: stage2_graph(start=["start", 0], end=0.1) | {
+        "start": {"class_type": "PrimitiveFloat", "inputs": {"value": 0.9}}},  # seen only when it runs
+         errors=("DiffBIR Apply IRControlNet", *ORDER)),
     Case("apply-irc-start-negative", "parameters", lambda: stage2_graph(start=-0.1),
          errors=("DiffBIRApplyIRControlNet", r"start_percent must be between 0.0 and 1.0")),
     Case("apply-irc-end-above-1", "parameters", lambda: stage2_graph(end=1.5),
@@ -369,7 +372,8 @@ CASES += [
          errors=("DiffBIRColorFix", "batch of 2", "give both the same batch size")),
     Case("colour-fix-batch-3-vs-1", "parameters", lambda: colour_fix_graph(image_batch=3), size=(32, 32),
          batch=3),
-    Case("stage1-tile-16", "parameters", lambda: stage1_graph(tiled=True, tile_size=16, tile_stride=8), size=(32, 32)),
+    Case("stage1-tile-16", "parameters", lambda: stage1_graph(empty_image(24, 24), tiled=True, tile_size=16,
+                                                                  tile_stride=8), size=(24, 24)),
 ]
 
 # prompts (DiffBIR Text Encode, both the official and ComfyUI's weighted path)
