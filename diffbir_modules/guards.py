@@ -27,8 +27,9 @@ def require_finite(node: str, name: str, x) -> None:
 
 
 def require_order(node: str, start_name: str, start: float, end_name: str, end: float) -> str | None:
-    """The message when ``start`` is after ``end`` (None when they are in order)."""
-    if float(start) > float(end):
+    """The message when ``start`` is after ``end`` (None when they are in order, or when one of them is
+    linked from another node: validation then sees None, and the node checks again when it runs)."""
+    if start is not None and end is not None and float(start) > float(end):
         return (f"{node}: {start_name} ({start}) is after {end_name} ({end}), so the effect would be off for the "
                 f"whole run. Set {start_name} <= {end_name} (0 and 1 apply it to every step).")
     return None
@@ -36,8 +37,8 @@ def require_order(node: str, start_name: str, start: float, end_name: str, end: 
 
 def require_range(name: str, value: float, low: float, high: float) -> str | None:
     """The message when ``value`` is outside [low, high] (for inputs whose range ComfyUI no longer checks
-    because the node validates them itself)."""
-    if not low <= float(value) <= high:
+    because the node validates them itself); None (a linked input at validation time) passes."""
+    if value is not None and not low <= float(value) <= high:
         return f"{name} must be between {low} and {high}, got {value}"
     return None
 

@@ -109,6 +109,8 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, indices="0"):
+        if indices is None:  # linked from another node: checked when it runs
+            return True
         try:
             face_pipeline.parse_indices(indices)
         except ValueError as error:

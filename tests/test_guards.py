@@ -40,6 +40,8 @@ def test_apply_ircontrolnet_validates_order_and_range(comfy):
     assert "start_percent (0.8) is after end_percent (0.2)" in message and "DiffBIR Apply IRControlNet" in message
     assert "between 0.0 and 1.0" in node.validate_inputs(start_percent=-0.1, end_percent=1.0)
     assert "between 0.0 and 1.0" in node.validate_inputs(start_percent=0.0, end_percent=1.5)
+    # a linked value is None at validation time; execute checks the order then
+    assert node.validate_inputs(start_percent=None, end_percent=0.2) is True
 
 
 def test_vae_encode_refuses_an_image_smaller_than_a_block(comfy, sd2_tiny):
@@ -81,3 +83,4 @@ def test_face_detect_validates_indices_before_a_run(comfy):
     node = comfy.node_class("DiffBIRFaceDetectAlign")
     assert node.validate_inputs(indices="0, 2-4") is True
     assert "cannot read 'x'" in node.validate_inputs(indices="0, x")
+    assert node.validate_inputs(indices=None) is True  # linked: checked when it runs
