@@ -189,6 +189,8 @@ class RayPool:
                 done.append((item, WorkerLost(str(error).splitlines()[0])))
                 if index in self.busy and index not in self.checking.values():
                     self.checking[self.actors[index].ready.remote()] = index
+            except ray.exceptions.RayTaskError as error:  # raised outside restore()'s own handling
+                done.append((item, {"error": str(error).splitlines()[0]}))
         return done
 
     def close(self) -> None:
