@@ -68,7 +68,11 @@ def main(argv=None) -> int:
     else:
         from .workers import RayPool
 
-        pool = RayPool(worker_kwargs, address=args.ray, workers=args.workers)
+        try:
+            pool = RayPool(worker_kwargs, address=args.ray, workers=args.workers)
+        except ValueError as error:  # a --workers the cluster cannot hold
+            print(f"DiffBIR batch: {error}", file=sys.stderr)
+            return 2
         print(f"Ray: {pool.size} worker(s): {', '.join(pool.labels)}")
     try:
         summary = engine.run(args.input, args.output, pool, args.seed)

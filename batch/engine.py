@@ -8,7 +8,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import sources
 from .manifest import Manifest, file_sha256, sha256
@@ -68,6 +68,16 @@ def run(input_path: Path, output_dir: Path, pool, run_seed: int,
                 item = next_item()
                 if item is None:
                     break
+                other = manifest.output_owner(item.output, item.name)
+                error = (f"its output {item.output} is already {other}'s; rename one of the two inputs"
+                         if other is not None else None)
+                if ".." in PurePosixPath(item.output).parts:  # an archive member such as ../../x.png
+                    error = "its path leads outside the output folder (..); not restored"
+                if error is not None:
+                    summary.failed[item.name] = error
+                    manifest.record(item.name, input_sha256=checksums.pop(item.name), status="failed", error=error)
+                    log(f"  FAILED {item.name}: {error}")
+                    continue
                 seed = item_seed(run_seed, item.seed_name)
                 manifest.record(item.name, input_sha256=checksums[item.name], seed=seed, output=item.output,
                                 status="running", error=None)

@@ -30,6 +30,7 @@ class Manifest:
         self.db.execute("""CREATE TABLE IF NOT EXISTS items (
             name TEXT PRIMARY KEY, input_sha256 TEXT, seed INTEGER, output TEXT, output_sha256 TEXT,
             status TEXT, error TEXT, attempts INTEGER DEFAULT 0, seconds REAL, worker TEXT, updated REAL)""")
+        self.db.execute("CREATE INDEX IF NOT EXISTS items_output ON items (output)")
         self.db.commit()
 
     def is_done(self, name: str, input_sha: str, output_dir: Path) -> bool:
@@ -38,6 +39,11 @@ class Manifest:
                               (name,)).fetchone()
         return (row is not None and row[0] == input_sha
                 and file_sha256(Path(output_dir) / row[1]) == row[2])
+
+    def output_owner(self, output: str, name: str) -> str | None:
+        """Another input whose output is ``output`` (e.g. a.jpg and a.png both make a.png), if any."""
+        row = self.db.execute("SELECT name FROM items WHERE output=? AND name!=?", (output, name)).fetchone()
+        return row[0] if row else None
 
     def record(self, name: str, **fields) -> None:
         fields = {**fields, "updated": time.time()}

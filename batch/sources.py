@@ -3,6 +3,7 @@ lazily as a stream of items so an archive of any size needs only the items in fl
 
 from __future__ import annotations
 
+import os
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -41,11 +42,24 @@ def kind_of(path: Path) -> str:
 
 
 def _image_item(name: str, data: bytes) -> Item:
+    name = "/".join(part for part in PurePosixPath(name).parts if part not in ("/", "."))  # "./a.png" -> "a.png"
     return Item(name=name, seed_name=name, output=str(PurePosixPath(name).with_suffix(".png")), data=data)
 
 
 def _is_image(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not PurePosixPath(name).name.startswith(".")
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder`` in name order, one directory listing in memory at a time (a
+    bucket-sized tree is never listed whole)."""
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk(Path(entry.path))
+        elif entry.is_file() and _is_image(entry.name):
+            yield Path(entry.path)
 
 
 def items(path: Path) -> Iterator[Item]:
@@ -55,7 +69,7 @@ def items(path: Path) -> Iterator[Item]:
     if kind == "image":
         yield _image_item(path.name, path.read_bytes())
     elif kind == "folder":
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p.name)):
+        for file in _walk(path):
             yield _image_item(file.relative_to(path).as_posix(), file.read_bytes())
     elif kind == "zip":
         with zipfile.ZipFile(path) as archive:

@@ -128,12 +128,15 @@ class RayPool:
             ray.init(address=address or None)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        if workers is not None and workers > (gpus or cpus):
+            raise ValueError(f"--workers {workers}: the Ray cluster has {gpus} GPU(s) and {cpus} CPU(s); a worker "
+                             f"takes one GPU (one CPU or more without GPU), so at most {gpus or cpus} can start")
         if gpus:
             count = workers or gpus
             options, kwargs = {"num_gpus": 1, "num_cpus": 1}, {**worker_kwargs, "cpu": False}
         else:
             count = workers or 1
-            threads = max(1, cpus // count)
+            threads = cpus // count
             options, kwargs = {"num_cpus": threads}, {**worker_kwargs, "cpu": True, "threads": threads}
         # A killed actor restarts (reloading its models); the items it held are requeued by the driver.
         actor_class = ray.remote(max_restarts=max_restarts, max_task_retries=0)(RestoreWorker)
@@ -186,8 +189,10 @@ class RayPool:
                 done.append((item, WorkerLost(str(error).splitlines()[0])))
                 if index in self.busy and index not in self.checking.values():
                     self.checking[self.actors[index].ready.remote()] = index
+            except ray.exceptions.RayTaskError as error:  # raised outside restore()'s own handling
+                done.append((item, {"error": str(error).splitlines()[0]}))
         return done
 
     def close(self) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            self.ray.kill(actor, no_restart=True)

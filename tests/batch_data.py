@@ -6,7 +6,6 @@ import zipfile
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -32,6 +31,7 @@ def zip_of(folder: Path, target: Path) -> Path:
 
 def video_with_audio(target: Path, frames: int = 12, fps: int = 12, sample_rate: int = 16000) -> Path:
     """An H.264 video of moving gradients with a 440 Hz AAC tone as long as the video."""
+    import av  # the scale extra: only the video tests need it
     with av.open(str(target), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width = video.height = SIZE
@@ -60,6 +60,8 @@ def video_with_audio(target: Path, frames: int = 12, fps: int = 12, sample_rate:
 
 
 def probe(video: Path) -> dict:
+    import av
+
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]

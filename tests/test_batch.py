@@ -6,6 +6,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,14 @@ def test_folder_then_zip_then_rerun(local_pool, tmp_path):
     from_zip = outputs(tmp_path / "out_zip")
     assert all(np.array_equal(from_zip[name], restored[name]) for name in restored)
 
+    # And from a tar archive, read as a stream.
+    with tarfile.open(tmp_path / "in.tar.gz", "w:gz") as archive:
+        archive.add(images, arcname=".")
+    from_tar = engine.run(tmp_path / "in.tar.gz", tmp_path / "out_tar", local_pool, 231)
+    assert from_tar.restored == 5
+    assert {n.removeprefix("./"): a.tobytes() for n, a in outputs(tmp_path / "out_tar").items()} == \
+        {n: a.tobytes() for n, a in restored.items()}
+
     again = engine.run(images, tmp_path / "out_folder", local_pool, run_seed=231)
     assert (again.restored, again.skipped) == (0, 5)
 
@@ -67,16 +77,18 @@ def test_folder_then_zip_then_rerun(local_pool, tmp_path):
 def test_broken_input_is_recorded_and_the_run_goes_on(local_pool, tmp_path):
     images = batch_data.image_folder(tmp_path / "in", 2)
     (images / "broken.png").write_bytes(b"not an image")
+    (images / "img001.webp").write_bytes((images / "img001.png").read_bytes())  # its output would be img001.png
     summary = engine.run(images, tmp_path / "out", local_pool, run_seed=231)
-    assert summary.restored == 2 and list(summary.failed) == ["broken.png"]
+    assert summary.restored == 2 and sorted(summary.failed) == ["broken.png", "img001.webp"]
     assert "UnidentifiedImageError" in summary.failed["broken.png"] and "broken.png" in summary.failed["broken.png"]
+    assert "img001.png" in summary.failed["img001.webp"]
     with sqlite3.connect(tmp_path / "out" / FILE_NAME) as db:
         rows = dict(db.execute("SELECT name, status FROM items").fetchall())
-    assert rows == {"broken.png": "failed", "img000.png": "done", "img001.png": "done"}
+    assert rows == {"broken.png": "failed", "img000.png": "done", "img001.png": "done", "img001.webp": "failed"}
     assert not (tmp_path / "out" / "broken.png").exists()
-    # A rerun retries only the failed item.
+    # A rerun retries only the failed items.
     again = engine.run(images, tmp_path / "out", local_pool, run_seed=231)
-    assert (again.restored, again.skipped, list(again.failed)) == (0, 2, ["broken.png"])
+    assert (again.restored, again.skipped, sorted(again.failed)) == (0, 2, ["broken.png", "img001.webp"])
 
 
 @pytest.mark.server
@@ -89,3 +101,11 @@ def test_command_restores_a_zip(published_models, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "restored 2, already done 0, failed 0" in result.stdout
     assert sorted(outputs(tmp_path / "out")) == ["img000.png", "img001.png"]
+
+
+def test_archive_member_outside_the_output_folder_is_refused(local_pool, tmp_path):
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        archive.writestr("../escaped.png", b"not even an image: it must not get that far")
+    summary = engine.run(tmp_path / "evil.zip", tmp_path / "out", local_pool, run_seed=231)
+    assert summary.restored == 0 and "outside the output folder" in summary.failed["../escaped.png"]
+    assert not (tmp_path / "escaped.png").exists()
