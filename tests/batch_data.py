@@ -63,9 +63,9 @@ def probe(video: Path) -> dict:
     import av
 
     with av.open(str(video)) as container:
-        stream = container.streams.video[0]
+        rate = Fraction(container.streams.video[0].average_rate)  # read while the file is open
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     with av.open(str(video)) as container:
         audio = [(s.codec_context.name, s.sample_rate) for s in container.streams.audio]
         audio_packets = [bytes(p) for p in container.demux(audio=0) if p.size] if audio else []
-    return {"rate": Fraction(stream.average_rate), "frames": frames, "audio": audio, "audio_packets": audio_packets}
+    return {"rate": rate, "frames": frames, "audio": audio, "audio_packets": audio_packets}
