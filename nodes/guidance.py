@@ -78,7 +78,6 @@ class DiffBIRRestorationGuidance(io.ComfyNode):
     def execute(cls, model, vae, image, scale=0.1, loss="w_mse", space="latent", start_percent=0.0,
                 end_percent=1.0, repeat=1, latent_target="mode", reference_steps=50,
                 rgb_memory="checkpoint") -> io.NodeOutput:
-        guards.require_finite("DiffBIR Restoration Guidance", "image", image)
         config = guidance.GuidanceConfig(
             scale=float(scale), loss=loss, space=space, start_percent=float(start_percent),
             end_percent=float(end_percent), repeat=int(repeat), latent_target=latent_target,

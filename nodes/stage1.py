@@ -4,7 +4,7 @@ size rules, and a loader that reads every published stage-1 file with clear erro
 import folder_paths
 from comfy_api.latest import io
 
-from ..diffbir_modules import comfy_compat, guards, presets, stage1
+from ..diffbir_modules import comfy_compat, presets, stage1
 
 PRESET_OPTIONS = ["auto", *presets.preset_names()]
 WEIGHTING_OPTIONS = ["gaussian", "gaussian_symmetric", "uniform"]
@@ -81,7 +81,6 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
     @classmethod
     def execute(cls, image, upscale_model, preset="auto", upscale=4.0, min_short_side=512, tiled=False, tile_size=512,
                 tile_stride=256, tile_weighting="gaussian", resample="pil_uint8", clamp=True) -> io.NodeOutput:
-        guards.require_finite("DiffBIR Degradation Removal (stage 1)", "image", image)
         settings = stage1.Settings(
             rules=preset, upscale=upscale, min_short_side=min_short_side, resample=resample, tiled=tiled,
             tile_size=tile_size, tile_stride=tile_stride,

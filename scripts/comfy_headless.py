@@ -126,7 +126,8 @@ class ComfyServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+                body = response.read()
+                return json.loads(body) if body.strip() else None  # /interrupt answers with an empty body
         except urllib.error.HTTPError as error:
             body = error.read().decode(errors="replace")
             raise PromptRejected(f"POST {path} -> HTTP {error.code}: {body}") from None

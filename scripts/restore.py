@@ -206,9 +206,10 @@ def main(argv=None) -> int:
             for n, produced in enumerate(saved):
                 target = output_path(args.output, image, n, produced.suffix, inputs)
                 if target is None:
-                    print("\n  not written: the result would overwrite an input image; choose another --output",
-                          file=sys.stderr)
-                    failures.append(image)
+                    print(f"\n  not written: the result would overwrite an input image in {args.output}; "
+                          "choose another --output", file=sys.stderr)
+                    if image not in failures:
+                        failures.append(image)
                     continue
                 write_atomically(produced, target)
                 print(f"\n  -> {target}")

@@ -319,6 +319,9 @@ CASES += [Case(f"png-{label}", "image format", lambda f=f"{label}.png": stage1_g
 
 # NaN / inf where images and latents enter our nodes
 NONFINITE = r"holds \d+ NaN and \d+ infinite values"
+# stage 1 checks each image of a batch itself (diffbir_modules/stage1.py) and says which
+STAGE1_NONFINITE = ("DiffBIRDegradationRemoval", r"image\(s\) \[0\] of the batch contain NaN or infinite",
+                    "Fix the node that produced them")
 CASES += [
     Case(f"apply-irc-{v}", "NaN / inf", lambda v=v: stage2_graph(poison=v),
          errors=(r"DiffBIR Apply IRControlNet: the input 'image'", NONFINITE, "Check the node")) for v in ("nan", "inf")
@@ -334,9 +337,9 @@ CASES += [
     Case("paste-back-background-nan", "NaN / inf", lambda: faces_graph(background_poison="nan"),
          errors=("DiffBIR Face Paste Back: the input 'background'", NONFINITE, "Check the node")),
     Case("stage1-nan", "NaN / inf", lambda: stage1_graph(poisoned("src", "nan")) | {"src": empty_image(32, 32)},
-         errors=(r"DiffBIR Degradation Removal \(stage 1\): the input 'image'", NONFINITE, "Check the node")),
+         errors=STAGE1_NONFINITE),
     Case("stage1-inf", "NaN / inf", lambda: stage1_graph(poisoned("src", "inf")) | {"src": empty_image(32, 32)},
-         errors=(r"DiffBIR Degradation Removal \(stage 1\): the input 'image'", NONFINITE, "Check the node")),
+         errors=STAGE1_NONFINITE),
     Case("vae-encode-nan", "NaN / inf", lambda: vae_graph(poison="nan"),
          errors=(r"DiffBIR VAE Encode \(exact tiles\): the input 'pixels'", NONFINITE, "Check the node")),
     Case("vae-decode-nan", "NaN / inf", lambda: vae_graph(latent_poison="nan"),
@@ -344,7 +347,7 @@ CASES += [
     Case("vae-decode-inf", "NaN / inf", lambda: vae_graph(latent_poison="inf"),
          errors=(r"DiffBIR VAE Decode \(exact tiles\): the input 'samples'", NONFINITE, "Check the node")),
     Case("guidance-nan", "NaN / inf", lambda: guidance_graph(poison="nan"),
-         errors=("DiffBIR Restoration Guidance: the input 'image'", NONFINITE, "Check the node")),
+         errors=("DiffBIRRestorationGuidance", r"has 1 NaN or infinite values", "fix the node that produced it")),
 ]
 
 # settings that contradict each other or are out of range: refused before the run
