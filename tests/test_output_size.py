@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import install_model
 from PIL import Image
+
+import model_factory
 
 
 def overshooting(b=1, h=37, w=53, seed=0):
@@ -76,3 +79,17 @@ def test_unclipped_decode(comfy, vae):
     assert (tiled - kept).abs().max() < 1e-5
     # the VAE's own clip is back after the unclipped decode
     assert torch.equal(again, clipped)
+
+
+@pytest.mark.parametrize("name", ["BSRNet.pth", "scunet_color_real_psnr.pth"])
+def test_degradation_removal_keeps_the_unclipped_result_when_asked(comfy, name):
+    installed = install_model("upscale_models", model_factory.stage1_file(name), f"test-small-{name}")
+    image = overshooting(h=20, w=28).clamp(0, 1)
+    with torch.inference_mode():
+        model = comfy.node_class("UpscaleModelLoader").execute(installed).result[0]
+        node = comfy.node_class("DiffBIRDegradationRemoval")
+        clipped, width, height = node.execute(image, model, upscale=2.0, min_short_side=0).result
+        kept, width2, height2 = node.execute(image, model, upscale=2.0, min_short_side=0, clamp=False).result
+    assert (width, height) == (width2, height2) == (56, 40) and kept.shape == (1, 40, 56, 3)
+    assert kept.min() < 0 or kept.max() > 1, "random weights should overshoot [0, 1]"
+    assert torch.equal(kept.clamp(0, 1), clipped)

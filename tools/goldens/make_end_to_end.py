@@ -1,0 +1,155 @@
+"""End-to-end golden fixtures (tests/golden/end_to_end/): the official DiffBIR pipeline classes run
+whole, from the 8-bit low-quality image to the 8-bit result, on the test models' random weights.
+
+Run with the golden environment (tools/goldens/setup.sh), after the test models exist (they are
+built with ComfyUI's modules, so with the test venv):
+
+    .venv/bin/python -c "import sys, torch; sys.path.insert(0, 'tests'); import model_factory as m; \
+m.sd2_checkpoint('small', dtype=torch.float32); m.ircontrolnet_file('small')"
+    .venv-official/bin/python tools/goldens/make_end_to_end.py
+
+Each case is what the official ``inference.py`` does for one image (its inference loop's
+``after_load_lq``, then ``Pipeline.run`` of the pipeline class it picks), with the settings of the
+matching shipped workflow (prompts, cfg and sampler of its version; fewer steps) and the random
+draws of ``torch.manual_seed(SEED)`` right before ``Pipeline.run``, in fp32 (the official
+``--precision fp32``). The low-quality image is an odd-sized crop so the final resize to input size x
+upscale matters. Writes ``<case>_lq.png``, ``<case>_official.png`` and ``cases.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import time
+import types
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+import official  # noqa: E402
+
+import model_factory  # noqa: E402
+from diffbir_modules import prompts  # noqa: E402
+
+OUT = REPO / "tests" / "golden" / "end_to_end"
+SEED = 231  # the shipped workflows' noise seed (the official CLI default)
+STEPS = 4
+LQ_BOX = (100, 170, 77, 123)  # (top, left, height, width) of skimage's astronaut: 123 x 77
+UNET = dict(use_checkpoint=False, image_size=32, in_channels=4, model_channels=320, attention_resolutions=[1, 2],
+            num_res_blocks=1, channel_mult=[1, 2], num_head_channels=64, use_spatial_transformer=True,
+            use_linear_in_transformer=True, transformer_depth=1, context_dim=1024, legacy=False)
+
+# case -> (shipped workflow, official --version, pipeline class, stage-1 file, official sampler, upscale)
+CASES = {
+    "v21_swinir_sr_x4": ("DiffBIR v2.1 super-resolution (SwinIR)", "v2.1", "SwinIRPipeline",
+                         "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 4.0),
+    "v2_bsrnet_sr_x4": ("DiffBIR v2 super-resolution (BSRNet)", "v2", "BSRNetPipeline", "BSRNet.pth", "spaced", 4.0),
+}
+
+
+def log(*args):
+    print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
+
+
+def build_cldm():
+    from diffbir.model import ControlLDM
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    config = OmegaConf.to_container(OmegaConf.load(official.source("main") / "configs/inference/cldm.yaml"))
+    params = config["params"]
+    params["unet_cfg"] = dict(UNET, out_channels=4)
+    params["controlnet_cfg"] = dict(UNET, hint_channels=4)
+    cldm = ControlLDM(**params)
+    sd = load_file(str(model_factory.sd2_checkpoint("small", dtype=torch.float32)))
+    _, missing = cldm.load_pretrained_sd(sd)
+    if missing:
+        raise RuntimeError(f"the small checkpoint lacks {sorted(missing)[:5]}")
+    controlnet = torch.load(model_factory.ircontrolnet_file("small"), map_location="cpu", weights_only=True)
+    cldm.load_controlnet_from_ckpt(controlnet)
+    return cldm.eval()
+
+
+def official_cleaner(name: str):
+    """The official network for a published file, loaded as diffbir.utils.common.load_model_from_url does."""
+    from diffbir.model import RRDBNet, SwinIR
+
+    kind, _ = model_factory.STAGE1_FILES[name]
+    net = {"swinir": SwinIR, "bsrnet": RRDBNet}[kind](**model_factory.STAGE1_CONFIGS[kind]["small"])
+    sd = torch.load(model_factory.stage1_file(name), map_location="cpu", weights_only=True)
+    if "state_dict" in sd:
+        sd = sd["state_dict"]
+    if list(sd.keys())[0].startswith("module"):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    net.load_state_dict(sd, strict=True)
+    return net.eval()
+
+
+def diffusion(version: str):
+    from diffbir.utils.common import instantiate_from_config
+    from omegaconf import OmegaConf
+
+    name = "diffusion_v2.1.yaml" if version == "v2.1" else "diffusion.yaml"
+    return instantiate_from_config(OmegaConf.load(official.source("main") / "configs/inference" / name))
+
+
+def run_case(cldm, version: str, pipeline_name: str, cleaner_file: str, sampler: str, upscale: float,
+             lq: Image.Image) -> np.ndarray:
+    from diffbir import pipeline as pipelines
+    from diffbir.inference.bsr_loop import BSRInferenceLoop
+
+    loop = object.__new__(BSRInferenceLoop)
+    loop.args = Namespace(version=version, upscale=upscale)
+    lq_array = loop.after_load_lq(lq)  # v2.1: PIL bicubic x upscale; v2: unchanged (BSRNet upscales)
+    cleaner = official_cleaner(cleaner_file)
+    cls = getattr(pipelines, pipeline_name)
+    args = (cleaner, cldm, diffusion(version), None, "cpu")
+    pipe = cls(*args, upscale) if pipeline_name == "BSRNetPipeline" else cls(*args)
+    positive, negative, cfg, _, _ = prompts.DEFAULTS[version]
+    torch.manual_seed(SEED)
+    with torch.no_grad():
+        out = pipe.run(lq_array[None], STEPS, 1.0, False, 512, 256, False, 256, False, 256, False, 512, 256,
+                       positive, negative, cfg, "noise", sampler, 0, False, 0.0, 0.0, 300.0, 1.0, 1.0, 1)
+    return out[0]
+
+
+def main():
+    from skimage import data
+
+    official.activate("main")
+    # diffbir/inference/loop.py imports pandas only to write a prompt CSV after a run: not needed here.
+    if importlib.util.find_spec("pandas") is None:
+        stub = types.ModuleType("pandas")
+        stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
+        sys.modules["pandas"] = stub
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    top, left, h, w = LQ_BOX
+    lq = Image.fromarray(np.ascontiguousarray(data.astronaut()[top:top + h, left:left + w]))
+    cldm = build_cldm()
+    log("ControlLDM built")
+    meta = {"seed": SEED, "steps": STEPS, "official_commit": official.COMMITS["main"], "precision": "fp32",
+            "lq_size": [w, h], "cases": {}}
+    for case, (workflow, version, pipeline_name, cleaner_file, sampler, upscale) in CASES.items():
+        out = run_case(cldm, version, pipeline_name, cleaner_file, sampler, upscale, lq)
+        lq.save(OUT / f"{case}_lq.png")
+        Image.fromarray(out).save(OUT / f"{case}_official.png")
+        meta["cases"][case] = {"workflow": workflow, "version": version, "pipeline": pipeline_name,
+                               "stage1": cleaner_file, "sampler": sampler, "upscale": upscale,
+                               "output_size": [out.shape[1], out.shape[0]]}
+        log(case, out.shape, out.dtype, int(out.min()), int(out.max()))
+    (OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
