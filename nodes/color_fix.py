@@ -27,7 +27,7 @@ class DiffBIRColorFix(io.ComfyNode):
                 io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet", tooltip=(
                     "wavelet: official DiffBIR, 5-level a-trous split (keeps fine detail, follows local colour). "
                     "adain: global mean/std per channel (keeps more of the generated local colour).")),
-                io.Boolean.Input("clamp", default=True, tooltip=(
+                io.Boolean.Input("clamp", default=True, optional=True, tooltip=(
                     "On: the result is clipped to [0, 1]. Off (official): left unclipped, because the official "
                     "code resizes the colour-fixed image before it clips; connect 'DiffBIR Resize to Output "
                     "Size', which clips once at the end.")),

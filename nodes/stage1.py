@@ -61,7 +61,7 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
                     "The bicubic pre-upscale. pil_uint8: PIL on the 8-bit image, as the official code (exact for "
                     "images loaded from 8-bit files). pil_float: the same PIL filter on float values, no rounding "
                     "(for 16-bit or generated inputs).")),
-                io.Boolean.Input("clamp", default=True, tooltip=(
+                io.Boolean.Input("clamp", default=True, optional=True, tooltip=(
                     "On: the result is clipped to [0, 1], the usual IMAGE range. Off (official): the network's "
                     "values are kept as they are (a little outside [0, 1] where it overshoots), because the "
                     "official code encodes and colour-corrects the unclipped stage-1 output and clips only the "

@@ -75,7 +75,7 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
                     "Tile size in output pixels: 0 = automatic (untiled when it fits in memory), else a multiple of "
                     "64, at least 64 (official decoder tile 256). Smaller tiles use less memory; the result is the "
                     "same.")),
-                io.Boolean.Input("clamp", default=True, tooltip=(
+                io.Boolean.Input("clamp", default=True, optional=True, tooltip=(
                     "On: clipped to [0, 1] like VAE Decode. Off (official): the decoder's values as they are, "
                     "because the official code colour-corrects and resizes the unclipped decode and clips only the "
                     "final image: feed 'DiffBIR Colour Fix' (clamp off) and 'DiffBIR Resize to Output Size', "
