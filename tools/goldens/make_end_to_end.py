@@ -6,7 +6,7 @@ built with ComfyUI's modules, so with the test venv):
 
     .venv/bin/python -c "import sys, torch; sys.path.insert(0, 'tests'); import model_factory as m; \
 m.sd2_checkpoint('small', dtype=torch.float32); m.ircontrolnet_file('small')"
-    .venv-official/bin/python tools/goldens/make_end_to_end.py
+    .venv-official/bin/python tools/goldens/make_end_to_end.py [case ...]
 
 Each case is what the official ``inference.py`` does for one image (its inference loop's
 ``after_load_lq``, then ``Pipeline.run`` of the pipeline class it picks), with the settings of the
@@ -49,11 +49,15 @@ UNET = dict(use_checkpoint=False, image_size=32, in_channels=4, model_channels=3
             num_res_blocks=1, channel_mult=[1, 2], num_head_channels=64, use_spatial_transformer=True,
             use_linear_in_transformer=True, transformer_depth=1, context_dim=1024, legacy=False)
 
-# case -> (shipped workflow, official --version, pipeline class, stage-1 file, official sampler, upscale)
+# case -> (shipped workflow, official --version, --task, pipeline class, stage-1 file, official sampler, upscale)
 CASES = {
-    "v21_swinir_sr_x4": ("DiffBIR v2.1 super-resolution (SwinIR)", "v2.1", "SwinIRPipeline",
+    "v21_swinir_sr_x4": ("DiffBIR v2.1 super-resolution (SwinIR)", "v2.1", "sr", "SwinIRPipeline",
                          "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 4.0),
-    "v2_bsrnet_sr_x4": ("DiffBIR v2 super-resolution (BSRNet)", "v2", "BSRNetPipeline", "BSRNet.pth", "spaced", 4.0),
+    "v2_bsrnet_sr_x4": ("DiffBIR v2 super-resolution (BSRNet)", "v2", "sr", "BSRNetPipeline", "BSRNet.pth", "spaced",
+                        4.0),
+    "v2_scunet_denoise_x1": ("DiffBIR v2 denoising (SCUNet)", "v2", "denoise", "SCUNetPipeline",
+                             "scunet_color_real_psnr.pth", "spaced", 1.0),
+    "v1_swinir_sr_x4": ("DiffBIR v1 general", "v1", "sr", "SwinIRPipeline", "general_swinir_v1.ckpt", "spaced", 4.0),
 }
 
 
@@ -82,10 +86,10 @@ def build_cldm():
 
 def official_cleaner(name: str):
     """The official network for a published file, loaded as diffbir.utils.common.load_model_from_url does."""
-    from diffbir.model import RRDBNet, SwinIR
+    from diffbir.model import RRDBNet, SCUNet, SwinIR
 
     kind, _ = model_factory.STAGE1_FILES[name]
-    net = {"swinir": SwinIR, "bsrnet": RRDBNet}[kind](**model_factory.STAGE1_CONFIGS[kind]["small"])
+    net = {"swinir": SwinIR, "bsrnet": RRDBNet, "scunet": SCUNet}[kind](**model_factory.STAGE1_CONFIGS[kind]["small"])
     sd = torch.load(model_factory.stage1_file(name), map_location="cpu", weights_only=True)
     if "state_dict" in sd:
         sd = sd["state_dict"]
@@ -103,14 +107,15 @@ def diffusion(version: str):
     return instantiate_from_config(OmegaConf.load(official.source("main") / "configs/inference" / name))
 
 
-def run_case(cldm, version: str, pipeline_name: str, cleaner_file: str, sampler: str, upscale: float,
+def run_case(cldm, version: str, task: str, pipeline_name: str, cleaner_file: str, sampler: str, upscale: float,
              lq: Image.Image) -> np.ndarray:
     from diffbir import pipeline as pipelines
+    from diffbir.inference.bid_loop import BIDInferenceLoop
     from diffbir.inference.bsr_loop import BSRInferenceLoop
 
-    loop = object.__new__(BSRInferenceLoop)
+    loop = object.__new__({"sr": BSRInferenceLoop, "denoise": BIDInferenceLoop}[task])
     loop.args = Namespace(version=version, upscale=upscale)
-    lq_array = loop.after_load_lq(lq)  # v2.1: PIL bicubic x upscale; v2: unchanged (BSRNet upscales)
+    lq_array = loop.after_load_lq(lq)  # PIL bicubic x upscale, except v2 sr (BSRNet upscales itself)
     cleaner = official_cleaner(cleaner_file)
     cls = getattr(pipelines, pipeline_name)
     args = (cleaner, cldm, diffusion(version), None, "cpu")
@@ -140,15 +145,18 @@ def main():
     log("ControlLDM built")
     meta = {"seed": SEED, "steps": STEPS, "official_commit": official.COMMITS["main"], "precision": "fp32",
             "lq_size": [w, h], "cases": {}}
-    for case, (workflow, version, pipeline_name, cleaner_file, sampler, upscale) in CASES.items():
-        out = run_case(cldm, version, pipeline_name, cleaner_file, sampler, upscale, lq)
+    if (OUT / "cases.json").exists():  # cases not named on the command line are kept
+        meta["cases"] = json.loads((OUT / "cases.json").read_text())["cases"]
+    for case in sys.argv[1:] or list(CASES):
+        workflow, version, task, pipeline_name, cleaner_file, sampler, upscale = CASES[case]
+        out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq)
         lq.save(OUT / f"{case}_lq.png")
         Image.fromarray(out).save(OUT / f"{case}_official.png")
-        meta["cases"][case] = {"workflow": workflow, "version": version, "pipeline": pipeline_name,
+        meta["cases"][case] = {"workflow": workflow, "version": version, "task": task, "pipeline": pipeline_name,
                                "stage1": cleaner_file, "sampler": sampler, "upscale": upscale,
                                "output_size": [out.shape[1], out.shape[0]]}
         log(case, out.shape, out.dtype, int(out.min()), int(out.max()))
-    (OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
+        (OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 if __name__ == "__main__":
