@@ -14,11 +14,13 @@ What changed between 0.3.75 and 0.33 that the pack has to care about:
 - V3 schema fields (``search_aliases`` ...) that older releases reject.
 - the executor's cache arguments (``ram_inactive``) and its caches' ``get`` (a coroutine now).
 - ``default_noise_sampler`` seeds its stream with seed + 1 on the CPU (see sampling.make_noise_sampler).
+- the VAE applies its ``process_output`` in place (its return value was used before).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import re
@@ -86,6 +88,20 @@ def unload_model(patcher) -> None:
             mm.current_loaded_models.remove(loaded)
             break
     mm.soft_empty_cache()
+
+
+@contextlib.contextmanager
+def unclipped_vae_output(vae):
+    """For one decode, ComfyUI's VAE maps the decoder output to [0, 1] without its clip (the official
+    code colour-corrects the unclipped image). Its ``process_output`` is used for its return value up
+    to the 2025 releases and applied in place, return value ignored, in newer ones: the stand-in does
+    both. The original is put back afterwards."""
+    original = vae.process_output
+    vae.process_output = lambda image: image.add_(1.0).div_(2.0)
+    try:
+        yield
+    finally:
+        vae.process_output = original
 
 
 # -- node schemas -----------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ Encoder tiles start on multiples of 8 pixels so the stride-2 convolutions keep t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Generator
@@ -42,6 +41,8 @@ import comfy.model_management
 import comfy.ops
 import comfy.utils
 import torch
+
+from . import comfy_compat
 
 log = logging.getLogger("DiffBIR")
 
@@ -604,7 +605,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     otherwise. ``tile_size`` in image pixels; 0 = automatic (ComfyUI's untiled decode when the whole
     image fits in free memory). ``replay``: see ``_replay_levels`` (the result is the same)."""
     if not clamp:
-        with _unclipped_output(vae):
+        with comfy_compat.unclipped_vae_output(vae):
             return decode(vae, latent, tile_size, progress, replay, meter)
     validate_tile(tile_size)
     if not tile_size and not hasattr(vae.first_stage_model, "decoder"):
@@ -655,18 +656,6 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
                 image.chunks[j] = None
                 out[i, own[0]:own[1], own[2]:own[3]] = piece[0].movedim(0, -1).to(out.device)
     return out
-
-
-@contextlib.contextmanager
-def _unclipped_output(vae):
-    """ComfyUI's VAE maps the decoder output to [0, 1] with a clip (its per-instance ``process_output``);
-    this swaps in the same map without the clip for one decode and puts the original back."""
-    original = vae.process_output
-    vae.process_output = lambda image: (image + 1.0) / 2.0
-    try:
-        yield
-    finally:
-        vae.process_output = original
 
 
 def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
