@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 import official  # noqa: E402
+from make_stage1 import official_cleaner  # noqa: E402
 
 import model_factory  # noqa: E402
 from diffbir_modules import prompts  # noqa: E402
@@ -82,21 +83,6 @@ def build_cldm():
     controlnet = torch.load(model_factory.ircontrolnet_file("small"), map_location="cpu", weights_only=True)
     cldm.load_controlnet_from_ckpt(controlnet)
     return cldm.eval()
-
-
-def official_cleaner(name: str):
-    """The official network for a published file, loaded as diffbir.utils.common.load_model_from_url does."""
-    from diffbir.model import RRDBNet, SCUNet, SwinIR
-
-    kind, _ = model_factory.STAGE1_FILES[name]
-    net = {"swinir": SwinIR, "bsrnet": RRDBNet, "scunet": SCUNet}[kind](**model_factory.STAGE1_CONFIGS[kind]["small"])
-    sd = torch.load(model_factory.stage1_file(name), map_location="cpu", weights_only=True)
-    if "state_dict" in sd:
-        sd = sd["state_dict"]
-    if list(sd.keys())[0].startswith("module"):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    net.load_state_dict(sd, strict=True)
-    return net.eval()
 
 
 def diffusion(version: str):
