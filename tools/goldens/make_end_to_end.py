@@ -18,12 +18,9 @@ upscale matters. Writes ``<case>_lq.png``, ``<case>_official.png`` and ``cases.j
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import sys
 import time
-import types
 from argparse import Namespace
 from pathlib import Path
 
@@ -118,11 +115,6 @@ def main():
     from skimage import data
 
     official.activate("main")
-    # diffbir/inference/loop.py imports pandas only to write a prompt CSV after a run: not needed here.
-    if importlib.util.find_spec("pandas") is None:
-        stub = types.ModuleType("pandas")
-        stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
-        sys.modules["pandas"] = stub
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     top, left, h, w = LQ_BOX

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import math
 import sys
-import types
 from argparse import Namespace
 from pathlib import Path
 
@@ -206,11 +205,6 @@ def make_pipelines(pipeline: str) -> dict:
 
 def main():
     official.activate("main")
-    # diffbir/inference/loop.py imports pandas only to write a prompt CSV after a run: not needed here.
-    if importlib.util.find_spec("pandas") is None:
-        stub = types.ModuleType("pandas")
-        stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
-        sys.modules["pandas"] = stub
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     jobs = [("tiling.npz", make_tiling), ("networks.npz", make_networks)]

@@ -15,10 +15,13 @@ Run generators with the golden environment: ``tools/goldens/setup.sh`` then
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
 import tarfile
+import types
 import typing
 from io import BytesIO
 from pathlib import Path
@@ -63,6 +66,11 @@ def activate(version: str) -> Path:
         sys.path.insert(0, str(root))
     if not hasattr(torch, "Tuple"):
         torch.Tuple = typing.Tuple  # noqa: UP006  (the official code subscripts it)
+    # diffbir/inference/loop.py imports pandas only to write a prompt CSV after a run: not needed here.
+    if importlib.util.find_spec("pandas") is None:
+        stub = types.ModuleType("pandas")
+        stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
+        sys.modules["pandas"] = stub
     with contextlib.suppress(ImportError):
         import diffbir.utils.common as common  # v2.1 / main layout
 
