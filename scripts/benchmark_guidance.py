@@ -1,12 +1,12 @@
 """Restoration guidance cost: time per sampling step (unguided vs latent vs rgb space) and the peak
 memory of the rgb-space decoder back-propagation (full / checkpoint / tiled) at 512^2 and 1024^2.
 
-    .venv/bin/python scripts/benchmark_guidance.py memory            # every memory case, one process each
-    .venv/bin/python scripts/benchmark_guidance.py memory --size 512 --mode checkpoint   # one case
-    .venv/bin/python scripts/benchmark_guidance.py steps --size 512   # time per step, tiny UNet
+    .venv/bin/python -m scripts.benchmark_guidance memory            # every memory case, one process each
+    .venv/bin/python -m scripts.benchmark_guidance memory --size 512 --mode checkpoint   # one case
+    .venv/bin/python -m scripts.benchmark_guidance steps --size 512   # time per step, tiny UNet
 
 memory: a fresh process per case loads only the SD 2.x VAE (real architecture, random weights from
-tests/model_factory.py) as a ComfyUI VAE and runs one rgb-space guidance gradient (decode with
+devkit/model_factory.py) as a ComfyUI VAE and runs one rgb-space guidance gradient (decode with
 gradients + backward) through diffbir_modules/guidance.py. Peak = the process's peak resident memory
 (VmHWM, reset just before the call) minus its resident memory before the call: on the CPU that is
 every tensor of the computation (fp32). "decode" is a plain VAE decode without gradients, for scale.
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 MEMORY_CASES = [(512, "decode"), (512, "full"), (512, "checkpoint"), (512, "tiled"),
                 (1024, "decode"), (1024, "checkpoint"), (1024, "tiled")]
 
@@ -69,14 +68,14 @@ def _guidance_module():
 
 
 def _vae():
-    import comfy_runtime
+    from devkit import comfy_runtime
 
     comfy_runtime.prepare_imports(["--cpu"])
     import comfy.sd
     import torch
     from safetensors import safe_open
 
-    import model_factory
+    from devkit import model_factory
 
     path = model_factory.sd2_checkpoint("tiny")
     sd = {}
@@ -163,10 +162,8 @@ def run_steps(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    from conftest import MODELS_DIR, install_model
-
-    import comfy_runtime
-    import model_factory
+    from devkit import comfy_runtime, model_factory
+    from devkit.model_factory import MODELS_DIR, install_model
 
     comfy_runtime.start(Path(tempfile.mkdtemp(prefix="diffbir-bench-")) / "in-process", MODELS_DIR)
     ckpt = install_model("checkpoints", model_factory.sd2_checkpoint(args.variant))

@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import install_model
 
-import face_data
-import model_factory
+from devkit import face_data, model_factory
+from devkit.model_factory import install_model
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,12 +8,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import install_model
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 
-# -- helpers ---------------------------------------------------------------------------------------
 def stage1_image(b=1, h=64, w=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(b, 3, max(1, h // 16), max(1, w // 16), generator=g)

@@ -6,7 +6,7 @@ weights in the published layouts), so nothing is downloaded and shared folders a
 import pytest
 import torch
 
-import model_factory
+from devkit import model_factory
 
 
 @pytest.fixture

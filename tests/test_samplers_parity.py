@@ -11,11 +11,10 @@ schedule, text path); strength 1 adds the IRControlNet."""
 import json
 from pathlib import Path
 
-import golden_io
 import pytest
 import torch
 
-import model_factory
+from devkit import golden_io, model_factory
 
 pytestmark = pytest.mark.slow
 

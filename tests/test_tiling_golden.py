@@ -11,9 +11,10 @@ import json
 import os
 from pathlib import Path
 
-import golden_io
 import pytest
 import torch
+
+from devkit import golden_io
 
 GOLDEN = Path(__file__).parent / "golden" / "tiling"
 LATENT_SCALE = 0.18215

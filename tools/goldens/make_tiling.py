@@ -1,7 +1,7 @@
 """Golden fixture for tiled sampling (tests/golden/tiling/), made by the official DiffBIR code.
 
-    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import model_factory as m; m.sd2_checkpoint('small')"
-    .venv-official/bin/python tools/goldens/make_tiling.py
+    .venv/bin/python -c "from devkit import model_factory as m; m.sd2_checkpoint('small')"
+    .venv-official/bin/python -m tools.goldens.make_tiling
 
 One official ``Pipeline.apply_cldm`` run (main 3f8b530) with ``--cldm_tiled --cldm_tile_size 512
 --cldm_tile_stride 256`` on a 576 x 576 stage-1 image (larger than the tile on both sides, so the
@@ -17,19 +17,15 @@ stored to catch drift).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
+from devkit import model_factory
+from tools.goldens import make_samplers, official
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-import make_samplers  # noqa: E402
-import official  # noqa: E402
-
-import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "tiling"
 SEED = 231
