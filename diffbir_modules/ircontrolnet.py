@@ -31,7 +31,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, TimestepEmbedSequential
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from . import comfy_compat, weights_io
+from . import comfy_compat, sd_model, weights_io
 
 log = logging.getLogger("DiffBIR")
 
@@ -400,20 +400,6 @@ def encode_condition(vae, rgb: torch.Tensor, padding: str = "64", tile_size: int
 
 
 # -- the control object --------------------------------------------------------------------------
-def describe_base_model(unet_config: dict) -> str:
-    context = unet_config.get("context_dim")
-    if unet_config.get("adm_in_channels") or context == 2048:
-        kind = "an SDXL-shaped model"
-    elif context == 768:
-        kind = "an SD 1.x-shaped model"
-    elif context == 1024:
-        kind = "an SD 2.x model"
-    else:
-        kind = "a non-SD model"
-    return (f"{kind} (context_dim {context}, model_channels {unet_config.get('model_channels')}, channel_mult "
-            f"{list(unet_config.get('channel_mult') or [])}, adm_in_channels {unet_config.get('adm_in_channels')})")
-
-
 class IRControlNetControl(comfy.controlnet.ControlBase):
     """A DiffBIR IRControlNet as a ComfyUI control object (what the apply node puts into every
     positive and negative conditioning, like ComfyUI's ControlNet).
@@ -556,11 +542,11 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         if mismatch:
             raise IRControlNetError(
                 f"this IRControlNet ({self.source or 'loaded file'}: SD 2.x, {cfg.describe()}) cannot condition the "
-                f"model being sampled, {describe_base_model(unet_config)}: {'; '.join(mismatch)}. DiffBIR needs SD 2.1 "
+                f"model being sampled, {sd_model.describe(unet_config)}: {'; '.join(mismatch)}. DiffBIR needs SD 2.1 "
                 "base: v2-1_512-ema-pruned for v1/v2, sd2.1-base-zsnr-laionaes5 for v2.1.")
 
     def prediction_warning(self, model_sampling) -> str | None:
-        v_pred = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
+        v_pred = sd_model.prediction_of(model_sampling) == "v"
         if self.version == "v2.1" and not v_pred:
             return ("a v2.1 IRControlNet is sampling an eps-prediction model. v2.1 was trained with the zero-terminal-"
                     "SNR v-prediction SD 2.1 (sd2.1-base-zsnr-laionaes5): add a ModelSamplingDiscrete node "

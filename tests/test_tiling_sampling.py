@@ -312,10 +312,6 @@ def test_bad_tile_settings_name_the_valid_values(comfy, models, tile, stride, me
 def test_guidance_and_tiling_together(comfy, models):
     """Restoration guidance (a post-CFG x0 patch on the whole latent) with tiled sampling: it runs, and
     the result gets closer to the stage-1 image's latent as the guidance scale rises (0 < 0.01 < 0.03)."""
-    from devkit.comfy_runtime import _state
-
-    if "DiffBIRRestorationGuidance" not in _state["nodes"].NODE_CLASS_MAPPINGS:
-        pytest.skip("the guidance branch is not merged here (recipe: see this test)")
     pos, neg, latent = applied(comfy, models)
     image = stage1_image(1, H, W, 0)
     with torch.inference_mode():
