@@ -7,7 +7,7 @@ memory of the rgb-space decoder back-propagation (full / checkpoint / tiled) at 
 
 memory: a fresh process per case loads only the SD 2.x VAE (real architecture, random weights from
 devkit/model_factory.py) as a ComfyUI VAE and runs one rgb-space guidance gradient (decode with
-gradients + backward) through diffbir_modules/guidance.py. Peak = the process's peak resident memory
+gradients + backward) through diffbir_modules/guidance/. Peak = the process's peak resident memory
 (VmHWM, reset just before the call) minus its resident memory before the call: on the CPU that is
 every tensor of the computation (fp32). "decode" is a plain VAE decode without gradients, for scale.
 
@@ -19,7 +19,6 @@ is the run's time over its steps, the guidance overhead is the difference to ung
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -59,14 +58,6 @@ def _reset_peak():
         f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
-def _guidance_module():
-    spec = importlib.util.spec_from_file_location("diffbir_guidance_bench", REPO / "diffbir_modules" / "guidance.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def _vae():
     from devkit import comfy_runtime
 
@@ -95,7 +86,8 @@ def memory_case(size: int, mode: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     vae = _vae()
     import comfy.latent_formats
-    gm = _guidance_module()
+
+    from diffbir_modules import guidance as gm
 
     class Model:  # what the guidance reads of a ComfyUI BaseModel
         latent_format = comfy.latent_formats.SD15()

@@ -1,5 +1,5 @@
 """Print the content fingerprint, wrapper and network size of IRControlNet files, for filling
-``KNOWN_FINGERPRINTS`` in diffbir_modules/ircontrolnet.py (the pack identifies versions by it).
+``KNOWN_FINGERPRINTS`` in diffbir_modules/ircontrolnet/loading.py (the pack identifies versions by it).
 
     .venv/bin/python -m tools.ircontrolnet_fingerprint weights/v2.pth weights/DiffBIR_v2.1.pt ...
 """
