@@ -1,5 +1,5 @@
-"""README's first command: scripts/restore.py restores images through a headless ComfyUI with an
-example workflow, finding the weights in a ComfyUI models folder (here: random weights under the
+"""The README's restore command (python -m scripts.restore) restores images through a headless ComfyUI
+with an example workflow, finding the weights in a ComfyUI models folder (here: random weights under the
 published names), and names missing weights with their URL and folder. A bad image in a folder is
 reported and the rest restored; inputs are never overwritten; outputs appear whole or not at all."""
 

@@ -22,10 +22,10 @@ log = logging.getLogger("DiffBIR")
 
 VERSIONS = ("v1", "v2", "v2.1")
 
-# Fingerprint (see ``fingerprint``) -> version of the published IRControlNet files. Nobody on this
-# project could download the real files, so the table is empty: the loader then reports "unknown"
-# and the user's ``version`` choice decides. Whoever has the files: load each one, copy the
-# fingerprint the loader logs, and add it here (fp32 and fp16 copies of a file share a fingerprint).
+# Fingerprint (see ``fingerprint``) -> version of the published IRControlNet files. Empty until the
+# published files' fingerprints are recorded: the loader then reports "unknown" and the user's
+# ``version`` choice decides. To fill it: load each published file, copy the fingerprint the loader
+# logs, and add it here (fp32 and fp16 copies of a file share a fingerprint).
 KNOWN_FINGERPRINTS: dict[str, str] = {
     # "<64 hex digits>": "v2",  # v2.pth
 }
