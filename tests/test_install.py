@@ -12,7 +12,7 @@ import pytest
 import tomllib
 from PIL import Image
 
-from comfy_runtime import comfy_headless
+from scripts import comfy_headless
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_SOURCES = [REPO / "__init__.py", *sorted((REPO / "nodes").glob("*.py")),
