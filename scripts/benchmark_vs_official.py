@@ -6,8 +6,9 @@ time and peak memory for both and their ratios (pack / official: below 1 is fast
     .venv/bin/python -m scripts.benchmark_vs_official --size 2048 --tiled  # large image, tiled both sides
     .venv/bin/python -m scripts.benchmark_vs_official --variant small --steps 2 --size 256   # quick check
 
-Needs the official code's environment (``tools/goldens/setup.sh``: ``.venv-official`` with the official
-repository at its pinned commit) beside the pack's (``scripts/setup.sh``).
+Needs the official code's environment beside the pack's (``scripts/setup.sh``): ``.venv-official``
+(``tools/goldens/setup.sh``) and a clone of the official repository (tools/goldens/official.py says
+where); the official code runs at its pinned commit.
 
 What runs, per side, in a fresh process each (so peak memory is its own), sides alternating for
 ``--rounds`` rounds so that background load hits both alike:
@@ -315,13 +316,12 @@ def pack_child(spec: dict) -> dict:
 
 def build_models(variant: str) -> dict:
     """Builds (once, cached) the random-weight files in the published layouts with the test venv."""
-    code = ("import json, torch, model_factory as m; "
+    code = ("import json, torch; from devkit import model_factory as m; "
             f"print(json.dumps({{'checkpoint': str(m.sd2_checkpoint({variant!r}, dtype=torch.float32)), "
             f"'ircontrolnet': str(m.ircontrolnet_file({variant!r})), "
             f"'stage1': str(m.stage1_file({STAGE1!r}, {variant!r})), "
             f"'swinir_config': m.STAGE1_CONFIGS['swinir'][{variant!r}]}}))")
-    # model_factory lives with the tests, which import each other by module name: run it from there.
-    done = subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], cwd=REPO / "tests", check=True,
+    done = subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], cwd=REPO, check=True,
                           capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
