@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,10 +413,115 @@ CASES += [
 ]
 
 
+# -- interrupts: one case per long loop ---------------------------------------------------------------
+def sampler_graph(sampler: str, steps: int) -> dict:
+    """SamplerCustom with one of DiffBIR's samplers and its sigmas (a 64x64 latent)."""
+    graph = text_graph("")
+    del graph["ks"]
+    if sampler == "spaced":
+        graph["sigmas"] = {"class_type": "DiffBIRSpacedSigmas", "inputs": {"model": ["ckpt", 0], "steps": steps}}
+        graph["sampler"] = {"class_type": "DiffBIRSpacedSampler", "inputs": {"noise_stream": "official"}}
+    else:
+        graph["sigmas"] = {"class_type": "DiffBIREDMSigmas", "inputs": {"model": ["ckpt", 0], "steps": steps,
+                                                                        "first_sigma": "auto"}}
+        graph["sampler"] = {"class_type": "DiffBIREDMSampler", "inputs": {
+            "solver": "dpm++_3m_sde", "noise_stream": "official", "timestep_lookup": "nearest_1000", "eta": 1.0,
+            "s_noise": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 300.0, "order": 1}}
+    graph["ks"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["ckpt", 0], "add_noise": True, "noise_seed": 1, "cfg": 1.0, "positive": ["pos", 0],
+        "negative": ["neg", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}}
+    return graph
+
+
+def tiled_sampling_graph(size: int, steps: int) -> dict:
+    graph = text_graph("")
+    graph["lat"]["inputs"].update(width=size, height=size)
+    graph["tiles"] = {"class_type": "DiffBIRTiledSampling", "inputs": {
+        "model": ["ckpt", 0], "tile_size": 64, "tile_stride": 8, "tile_batch": 1, "weighting": "gaussian"}}
+    graph["ks"]["inputs"].update(model=["tiles", 0], steps=steps)
+    return graph
+
+
+def vae_decode_graph(size: int) -> dict:
+    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+            "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "dec": {"class_type": "DiffBIRVAEDecodeTiled", "inputs": {"vae": ["ckpt", 2], "samples": ["lat", 0],
+                                                                      "tile_size": 64}},
+            "save": save("dec")}
+
+
+def with_inputs(graph: dict, node: str, **inputs) -> dict:
+    graph[node]["inputs"].update(inputs)
+    return graph
+
+
+def many_faces_graph(parser=False) -> dict:
+    """Hundreds of faces to parse and paste back: the random-weight detector with confidence 0 finds
+    a face at nearly every anchor of a noisy 128x128 image (RGBA PNG scaled up)."""
+    graph = faces_graph(load_image("rgba.png"), parser=parser, background_poison=None)
+    graph["up"] = {"class_type": "ImageScale", "inputs": {"image": ["img", 0], "upscale_method": "nearest-exact",
+                                                          "width": 128, "height": 128, "crop": "disabled"}}
+    with_inputs(graph, "align", image=["up", 0], confidence=0.0, selection="all")
+    if not parser:
+        graph["paste"] = {"class_type": "DiffBIRFacePasteBack", "inputs": {
+            "background": ["up", 0], "restored_faces": ["align", 0], "faces": ["align", 1], "color_match": "none",
+            "feather": 1.0, "official_quirks": False}}
+        graph["save"] = save("paste")
+    return with_inputs(graph, "paste", background=["up", 0])
+
+
+def guidance_interrupt_graph() -> dict:
+    """Guidance in RGB space, tiled, on a 512x512 image for 200 steps: most of each step is the
+    guidance's own decode-with-gradient tile loop."""
+    graph = guidance_graph()
+    with_inputs(graph, "img", width=512, height=512)
+    with_inputs(graph, "lat", width=512, height=512)
+    with_inputs(graph, "ks", steps=200)
+    return with_inputs(graph, "rg", space="rgb", rgb_memory="tiled")
+
+
+@dataclass
+class InterruptCase:
+    id: str
+    graph: Callable[[], dict]
+    node: str  # the node whose loop is running when /interrupt arrives
+    setup: Callable[[Path], None] | None = None
+    # Seconds from /interrupt to the prompt reported stopped: one iteration of the loop plus the 0.5 s
+    # /history poll. Measured 1.3-2.4 s for every loop but face parsing on 2 busy CPU cores; uninterrupted,
+    # each of these nodes runs for minutes, so 10 s tells a prompt stop from a run to the end.
+    latency: float = 10.0
+
+
+# Each graph keeps its node busy far longer than the interrupt takes (the loop has hundreds of
+# iterations of a few to a few hundred milliseconds); the interrupt is sent INTERRUPT_DELAY after the
+# node starts, so it lands inside the loop.
+INTERRUPT_CASES = [
+    InterruptCase("stage1-tiles", lambda: stage1_graph(empty_image(1024, 1024), tiled=True, tile_size=64,
+                                                       tile_stride=32), "s1"),
+    InterruptCase("stage1-batch", lambda: stage1_graph(empty_image(64, 64, 400)), "s1"),
+    InterruptCase("vae-encode-exact-tiles", lambda: with_inputs(vae_graph(empty_image(2048, 2048)), "enc",
+                                                                tile_size=64), "enc"),
+    InterruptCase("vae-decode-exact-tiles", lambda: vae_decode_graph(2048), "dec"),
+    InterruptCase("tiled-sampling", lambda: tiled_sampling_graph(1024, 20), "ks"),
+    InterruptCase("guidance", guidance_interrupt_graph, "ks"),
+    InterruptCase("spaced-sampler", lambda: sampler_graph("spaced", 1000), "ks"),
+    InterruptCase("edm-sampler", lambda: sampler_graph("edm", 1000), "ks"),
+    InterruptCase("ksampler-with-ircontrolnet", lambda: with_inputs(stage2_graph(empty_image(256, 256)), "ks",
+                                                                    steps=1000), "ks"),
+    InterruptCase("face-detect", lambda: faces_graph(empty_image(640, 640, 48)), "align"),
+    # one face's parsing is one ParseNet pass at 512x512 (the official size), up to 19 s measured on 2 busy
+    # cores, and cannot stop midway; ~500 faces uninterrupted would take hours
+    InterruptCase("face-parse", lambda: many_faces_graph(parser=True), "paste",
+                  setup=lambda m: swap(m, PARSENET, "copy", "parsenet"), latency=60.0),
+    InterruptCase("face-paste", many_faces_graph, "paste"),
+]
+
+
 def category_counts() -> dict:
     counts: dict = {}
     for case in CASES:
         counts[case.category] = counts.get(case.category, 0) + 1
+    counts["interrupt"] = len(INTERRUPT_CASES)
     return counts
 
 
@@ -506,9 +613,44 @@ def test_case(battery, case):
         assert new == set(paths)
 
 
+INTERRUPT_DELAY = 1.0  # seconds after the node starts: past its set-up, inside its loop
+
+
+@pytest.mark.parametrize("case", INTERRUPT_CASES, ids=[c.id for c in INTERRUPT_CASES])
+def test_interrupt(battery, case):
+    """/interrupt while the node's loop runs: the prompt stops at that node within the case's latency, saves
+    nothing, the server answers and the next prompt works."""
+    server, models = battery
+    if case.setup:
+        case.setup(models)
+    before = files_under(server.base / "output")
+    sent = []
+
+    def report(event, data):
+        if event in ("executing", "progress") and data.get("node") == case.node and not sent:
+            sent.append(None)
+
+            def interrupt():
+                sent[0] = time.monotonic()
+                server.post("/interrupt", {})
+            threading.Timer(INTERRUPT_DELAY, interrupt).start()
+
+    with pytest.raises(comfy_headless.PromptFailed) as failure:
+        server.run_with_progress(case.graph(), report, timeout=180)
+    latency = time.monotonic() - sent[0]
+    print(f"{case.id}: stopped {latency:.2f} s after /interrupt")
+    assert "interrupted at " in str(failure.value) and f"(node {case.node})" in str(failure.value), failure.value
+    assert latency < case.latency
+    assert server.process.poll() is None and server.get("/system_stats"), "the server died"
+    assert files_under(server.base / "output") == before, "an interrupted run left an output"
+    entry = server.run(colour_fix_graph(), timeout=120)  # the next prompt works
+    paths = server.output_images(entry)
+    assert len(paths) == 1 and Image.open(paths[0]).size == (32, 32)
+
+
 def test_battery_size_and_docs_table():
     """At least 100 cases; the docs table lists every category with its count."""
-    assert len(CASES) >= 100
+    assert len(CASES) >= 100 and len(INTERRUPT_CASES) >= 10
     assert len({c.id for c in CASES}) == len(CASES)
     table = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     for category, count in category_counts().items():
@@ -518,4 +660,4 @@ def test_battery_size_and_docs_table():
 if __name__ == "__main__":  # prints the docs table
     for category, count in category_counts().items():
         print(f"| {category} | {count} |")
-    print(f"| total | {len(CASES)} |")
+    print(f"| total | {len(CASES) + len(INTERRUPT_CASES)} |")
