@@ -28,7 +28,7 @@ from comfy_runtime import comfy_headless
 pytestmark = pytest.mark.server
 PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"
 
-CKPT, IRC, CLEANER = "tiny.safetensors", "irc.pth", "scunet.pth"
+CKPT, IRC, CLEANER, SD15 = "tiny.safetensors", "irc.pth", "scunet.pth", "sd15.safetensors"
 RESNET50, MOBILENET = "detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth"
 PARSENET = "parsing_parsenet.pth"
 
@@ -100,13 +100,13 @@ def stage1_graph(image=None, model=CLEANER, **options):
             "save": save("s1")}
 
 
-def stage2_graph(image=None, irc=IRC, start=0.0, end=1.0, poison=None):
+def stage2_graph(image=None, irc=IRC, start=0.0, end=1.0, poison=None, version="auto", model_ckpt=None):
     graph = {
         "img": image or empty_image(64, 64),
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "irc": {"class_type": "DiffBIRIRControlNetLoader", "inputs": {"ircontrolnet_name": irc, "version": "auto"}},
+        "irc": {"class_type": "DiffBIRIRControlNetLoader", "inputs": {"ircontrolnet_name": irc, "version": version}},
         "apply": {"class_type": "DiffBIRApplyIRControlNet", "inputs": {
             "positive": ["pos", 0], "negative": ["neg", 0], "ircontrolnet": ["irc", 0], "vae": ["ckpt", 2],
             "image": ["img", 0], "strength": 1.0, "start_percent": start, "end_percent": end,
@@ -119,6 +119,9 @@ def stage2_graph(image=None, irc=IRC, start=0.0, end=1.0, poison=None):
     if poison:
         graph["bad"] = poisoned("img", poison)
         graph["apply"]["inputs"]["image"] = ["bad", 0]
+    if model_ckpt:  # sample another checkpoint's model (the text encoder and VAE stay SD 2.1's)
+        graph["model"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model_ckpt}}
+        graph["ks"]["inputs"]["model"] = ["model", 0]
     return graph
 
 
@@ -279,6 +282,38 @@ CASES += [
          errors=(PARSENET, r"(?i)parsenet|parser"), setup=lambda m: swap(m, PARSENET, "copy", "resnet50")),
 ]
 
+# a file of the wrong kind or version for what the loader or the run needs: what it is, where it goes
+EXPECT_IRC = r"Expected an IRControlNet"
+EXPECT_STAGE1 = r"Expected a stage-1 cleaner"
+CASES += [
+    Case("irc-v1-file-as-v2.1", "wrong version", lambda: stage2_graph(irc="irc_v1.ckpt", version="v2.1"),
+         errors=("irc_v1.ckpt", r"this is a v1 IRControlNet", "version v2.1 was chosen", "Set version to auto or v1"),
+         files={"diffbir/irc_v1.ckpt": ("copy", "irc.v1")}),
+    Case("sd15-model-with-irc", "wrong version", lambda: stage2_graph(model_ckpt=SD15),
+         errors=("KSampler", r"an SD 1\.x-shaped model", "context_dim 768 vs 1024", "DiffBIR needs SD 2.1")),
+    Case("irc-given-controlnet", "wrong architecture", lambda: stage2_graph(irc="stock_cn.safetensors"),
+         errors=("stock_cn.safetensors", "stock ControlNet", "Load ControlNet Model"),
+         files={"diffbir/stock_cn.safetensors": ("copy", "controlnet")}),
+    Case("irc-given-face-detector", "wrong architecture", lambda: stage2_graph(irc="detector_as_irc.pth"),
+         errors=("detector_as_irc.pth", "a RetinaFace face detector", "models/facedetection", EXPECT_IRC),
+         files={"diffbir/detector_as_irc.pth": ("copy", "resnet50")}),
+    Case("stage1-given-face-detector", "wrong architecture", lambda: stage1_graph(model="detector_as_stage1.pth"),
+         errors=("detector_as_stage1.pth", "a RetinaFace face detector", "models/facedetection", EXPECT_STAGE1),
+         files={"upscale_models/detector_as_stage1.pth": ("copy", "resnet50")}),
+    Case("stage1-given-parser", "wrong architecture", lambda: stage1_graph(model="parser_as_stage1.pth"),
+         errors=("parser_as_stage1.pth", "a ParseNet face parser", "Face Parser Loader", EXPECT_STAGE1),
+         files={"upscale_models/parser_as_stage1.pth": ("copy", "parsenet")}),
+    Case("stage1-given-controlnet", "wrong architecture", lambda: stage1_graph(model="cn_as_stage1.safetensors"),
+         errors=("cn_as_stage1.safetensors", "stock ControlNet", "Load ControlNet Model", EXPECT_STAGE1),
+         files={"upscale_models/cn_as_stage1.safetensors": ("copy", "controlnet")}),
+    Case("detector-given-stage1", "wrong architecture", lambda: faces_graph(detector="retinaface_resnet50"),
+         errors=(RESNET50, "a stage-1 cleaner", "DiffBIR Load Stage-1 Model", "Expected a RetinaFace"),
+         setup=lambda m: swap(m, RESNET50, "copy", "cleaner")),
+    Case("parser-given-irc", "wrong architecture", lambda: faces_graph(parser=True),
+         errors=(PARSENET, "an IRControlNet", "IRControlNet loader", "Expected a ParseNet"),
+         setup=lambda m: swap(m, PARSENET, "copy", "irc.pth")),
+]
+
 # pickles that would run code
 PICKLE_SAID = (r"refused", r"(?i)pickle", r"(?i)weights-only|safetensors")
 CASES += [
@@ -414,9 +449,19 @@ CASES += [
 
 
 # -- interrupts: one case per long loop ---------------------------------------------------------------
+def empty_prompt_graph() -> dict:
+    """One empty prompt for both conditionings (the same node as guidance_graph's, so its output is
+    computed once and stays in ComfyUI's cache from case to case)."""
+    graph = text_graph("")
+    graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}}
+    del graph["neg"]
+    graph["ks"]["inputs"]["negative"] = ["pos", 0]
+    return graph
+
+
 def sampler_graph(sampler: str, steps: int) -> dict:
     """SamplerCustom with one of DiffBIR's samplers and its sigmas (a 64x64 latent)."""
-    graph = text_graph("")
+    graph = empty_prompt_graph()
     del graph["ks"]
     if sampler == "spaced":
         graph["sigmas"] = {"class_type": "DiffBIRSpacedSigmas", "inputs": {"model": ["ckpt", 0], "steps": steps}}
@@ -429,12 +474,12 @@ def sampler_graph(sampler: str, steps: int) -> dict:
             "s_noise": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 300.0, "order": 1}}
     graph["ks"] = {"class_type": "SamplerCustom", "inputs": {
         "model": ["ckpt", 0], "add_noise": True, "noise_seed": 1, "cfg": 1.0, "positive": ["pos", 0],
-        "negative": ["neg", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}}
+        "negative": ["pos", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}}
     return graph
 
 
 def tiled_sampling_graph(size: int, steps: int) -> dict:
-    graph = text_graph("")
+    graph = empty_prompt_graph()
     graph["lat"]["inputs"].update(width=size, height=size)
     graph["tiles"] = {"class_type": "DiffBIRTiledSampling", "inputs": {
         "model": ["ckpt", 0], "tile_size": 64, "tile_stride": 8, "tile_batch": 1, "weighting": "gaussian"}}
@@ -499,15 +544,15 @@ INTERRUPT_CASES = [
     InterruptCase("stage1-tiles", lambda: stage1_graph(empty_image(1024, 1024), tiled=True, tile_size=64,
                                                        tile_stride=32), "s1"),
     InterruptCase("stage1-batch", lambda: stage1_graph(empty_image(64, 64, 400)), "s1"),
-    InterruptCase("vae-encode-exact-tiles", lambda: with_inputs(vae_graph(empty_image(2048, 2048)), "enc",
+    InterruptCase("vae-encode-exact-tiles", lambda: with_inputs(vae_graph(empty_image(1024, 1024)), "enc",
                                                                 tile_size=64), "enc"),
-    InterruptCase("vae-decode-exact-tiles", lambda: vae_decode_graph(2048), "dec"),
+    InterruptCase("vae-decode-exact-tiles", lambda: vae_decode_graph(1024), "dec"),
     InterruptCase("tiled-sampling", lambda: tiled_sampling_graph(1024, 20), "ks"),
     InterruptCase("guidance", guidance_interrupt_graph, "ks"),
     InterruptCase("spaced-sampler", lambda: sampler_graph("spaced", 1000), "ks"),
     InterruptCase("edm-sampler", lambda: sampler_graph("edm", 1000), "ks"),
-    InterruptCase("ksampler-with-ircontrolnet", lambda: with_inputs(stage2_graph(empty_image(256, 256)), "ks",
-                                                                    steps=1000), "ks"),
+    InterruptCase("ksampler-with-ircontrolnet", lambda: with_inputs(with_inputs(
+        stage2_graph(empty_image(256, 256)), "ks", steps=1000), "pos", text=""), "ks"),
     InterruptCase("face-detect", lambda: faces_graph(empty_image(640, 640, 48)), "align"),
     # one face's parsing is one ParseNet pass at 512x512 (the official size), up to 19 s measured on 2 busy
     # cores, and cannot stop midway; ~500 faces uninterrupted would take hours
@@ -529,6 +574,8 @@ def category_counts() -> dict:
 def good_files() -> dict:
     return {"ckpt": model_factory.sd2_checkpoint("tiny"), "irc.pth": model_factory.ircontrolnet_file("tiny", fmt="pth"),
             "irc.safetensors": model_factory.ircontrolnet_file("tiny", fmt="safetensors"),
+            "irc.v1": model_factory.ircontrolnet_file("tiny", fmt="v1_full"),
+            "controlnet": model_factory.stock_controlnet_file("tiny"), "sd15": model_factory.sd1_checkpoint("tiny"),
             "cleaner": model_factory.stage1_file("scunet_color_real_psnr.pth", "small"),
             "lora": model_factory.sd2_lora_file("tiny"),
             "resnet50": model_factory.face_model_file("retinaface_resnet50"),
@@ -558,8 +605,9 @@ def battery(tmp_path_factory):
     MARKER_DIR.mkdir()
     models = root / "models"
     good = good_files()
-    for folder, name, source in (("checkpoints", CKPT, "ckpt"), ("diffbir", IRC, "irc.pth"),
-                                 ("upscale_models", CLEANER, "cleaner"), ("facedetection", MOBILENET, "mobilenet")):
+    for folder, name, source in (("checkpoints", CKPT, "ckpt"), ("checkpoints", SD15, "sd15"),
+                                 ("diffbir", IRC, "irc.pth"), ("upscale_models", CLEANER, "cleaner"),
+                                 ("facedetection", MOBILENET, "mobilenet")):
         (models / folder).mkdir(parents=True, exist_ok=True)
         (models / folder / name).symlink_to(good[source])
     for case in CASES:
@@ -643,7 +691,12 @@ def test_interrupt(battery, case):
     assert latency < case.latency
     assert server.process.poll() is None and server.get("/system_stats"), "the server died"
     assert files_under(server.base / "output") == before, "an interrupted run left an output"
-    entry = server.run(colour_fix_graph(), timeout=120)  # the next prompt works
+    # The next prompt works. The case's nodes ride along unconnected (ComfyUI runs only what leads to an
+    # output) so that their cached results (the CLIP-H text encoding, face detection) serve the next case.
+    upstream = {f"prev-{k}": v for k, v in case.graph().items() if v["class_type"] != "SaveImage"}
+    for node in upstream.values():
+        node["inputs"] = {k: [f"prev-{v[0]}", v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+    entry = server.run(upstream | colour_fix_graph(), timeout=120)
     paths = server.output_images(entry)
     assert len(paths) == 1 and Image.open(paths[0]).size == (32, 32)
 
