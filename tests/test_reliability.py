@@ -532,8 +532,9 @@ class InterruptCase:
     node: str  # the node whose loop is running when /interrupt arrives
     setup: Callable[[Path], None] | None = None
     # Seconds from /interrupt to the prompt reported stopped: one iteration of the loop plus the 0.5 s
-    # /history poll. Measured 1.3-2.4 s for every loop but face parsing on 2 busy CPU cores; uninterrupted,
-    # each of these nodes runs for minutes, so 10 s tells a prompt stop from a run to the end.
+    # /history poll. Measured 0.5-6.0 s for every loop but face parsing on 2 heavily loaded CPU cores (stage-1
+    # tiles the slowest); uninterrupted, each of these nodes runs for minutes, so 10 s tells a prompt stop
+    # from a run to the end.
     latency: float = 10.0
 
 
@@ -554,7 +555,7 @@ INTERRUPT_CASES = [
     InterruptCase("ksampler-with-ircontrolnet", lambda: with_inputs(with_inputs(
         stage2_graph(empty_image(256, 256)), "ks", steps=1000), "pos", text=""), "ks"),
     InterruptCase("face-detect", lambda: faces_graph(empty_image(640, 640, 48)), "align"),
-    # one face's parsing is one ParseNet pass at 512x512 (the official size), up to 19 s measured on 2 busy
+    # one face's parsing is one ParseNet pass at 512x512 (the official size), up to 26 s measured on 2 busy
     # cores, and cannot stop midway; ~500 faces uninterrupted would take hours
     InterruptCase("face-parse", lambda: many_faces_graph(parser=True), "paste",
                   setup=lambda m: swap(m, PARSENET, "copy", "parsenet"), latency=60.0),
