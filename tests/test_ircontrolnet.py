@@ -156,9 +156,17 @@ def test_loader_names_a_truncated_file(irc, tmp_path, fmt):
 
 
 def test_loader_names_an_unknown_state_dict(irc, tmp_path):
+    path = tmp_path / "something.pth"
+    torch.save({"first.weight": torch.randn(8, 3, 3, 3), "last.bias": torch.randn(3)}, path)
+    with pytest.raises(ValueError, match="something.pth: not an IRControlNet state dict.*first.weight"):
+        irc.load_ircontrolnet(str(path))
+
+
+def test_loader_names_a_stage1_file(irc, tmp_path):
     path = tmp_path / "some-upscaler.pth"
     torch.save({"conv_first.weight": torch.randn(8, 3, 3, 3), "conv_last.bias": torch.randn(3)}, path)
-    with pytest.raises(ValueError, match="some-upscaler.pth: not an IRControlNet state dict.*conv_first.weight"):
+    with pytest.raises(ValueError, match="some-upscaler.pth is a stage-1 cleaner.*DiffBIR Load Stage-1 Model.*"
+                                         "Expected an IRControlNet"):
         irc.load_ircontrolnet(str(path))
 
 
