@@ -10,9 +10,14 @@ from .presets import DiffBIRPresetLoader
 from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
 from .sampling import (
     DiffBIRConditionNoiseAugment,
+    DiffBIRDDIMSampler,
+    DiffBIRDDIMSigmas,
+    DiffBIRDPMSolverSampler,
+    DiffBIRDPMSolverSigmas,
     DiffBIREDMSampler,
     DiffBIREDMSigmas,
     DiffBIRModelSampling,
+    DiffBIRRescaleCFG,
     DiffBIRSpacedSampler,
     DiffBIRSpacedSigmas,
 )
@@ -35,6 +40,11 @@ NODES = [
     DiffBIRSpacedSampler,
     DiffBIREDMSigmas,
     DiffBIREDMSampler,
+    DiffBIRDDIMSigmas,
+    DiffBIRDDIMSampler,
+    DiffBIRDPMSolverSigmas,
+    DiffBIRDPMSolverSampler,
+    DiffBIRRescaleCFG,
     DiffBIRConditionNoiseAugment,
     DiffBIRDefaultPrompts,
     DiffBIRTextEncode,

@@ -72,7 +72,8 @@ class DiffBIRResizeToOutputSize(io.ComfyNode):
                                tooltip=(
                     "bicubic_antialias: official v2 and v2.1 (torch bicubic with antialias on the unclipped "
                     "float image). lanczos_uint8: official v1 (the image is clipped and truncated to 8 bits, "
-                    "then PIL LANCZOS).")),
+                    "then PIL LANCZOS). bicubic_uint8: 8 bits, then PIL BICUBIC: the official upscale of a "
+                    "photo before face detection (faces in the wild).")),
             ],
             outputs=[io.Image.Output(tooltip="The restored image at width x height, in [0, 1].")],
         )

@@ -5,7 +5,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import sampling, schedules
+from ..diffbir_modules import official_solvers, sampling, schedules
 
 VERSIONS = list(schedules.VERSIONS)
 VERSION_TOOLTIP = ("The DiffBIR generation the IRControlNet belongs to. v1 and v2: eps-prediction SD 2.1 base "
@@ -169,6 +169,117 @@ class DiffBIREDMSampler(io.ComfyNode):
         options = dict(solver=solver, noise_stream=noise_stream, timestep_lookup=timestep_lookup, eta=eta,
                        s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, order=order)
         return io.NodeOutput(comfy.samplers.KSAMPLER(sampling.sample_edm_official, options))
+
+
+class DiffBIRDDIMSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDDIMSigmas",
+            display_name="DiffBIR DDIM Sigmas",
+            category="DiffBIR/sampling",
+            description=(
+                "The timesteps of DiffBIR's official 'ddim' sampler (every 1000 // steps-th training step + 1: 4 "
+                "steps -> 751, 501, 251, 1; 7 steps -> 8 timesteps 995 .. 1, as officially) as SIGMAS, then 0, for "
+                "DiffBIR DDIM Sampler. The stock ddim_uniform scheduler gives the same only when steps divides "
+                "1000. More steps: more detail, slower."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to sample (its schedule gives the sigma of each timestep)."),
+                io.Int.Input("steps", default=10, min=1, max=500, tooltip="Number of steps (official default 10)."),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="Decreasing sigmas at the official DDIM timesteps, then 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(official_solvers.ddim_sigmas(model.get_model_object("model_sampling"), steps))
+
+
+class DiffBIRDDIMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDDIMSampler",
+            display_name="DiffBIR DDIM Sampler",
+            category="DiffBIR/sampling",
+            description=(
+                "DiffBIR's official 'ddim' sampler (eta 0: deterministic) for SamplerCustom / SamplerCustomAdvanced "
+                "with DiffBIR DDIM Sigmas. Like the official code it starts from the noise as the latent of its first "
+                "timestep and ends at the first training step's noise level instead of 0, so the result equals the "
+                "official one (stock ddim / euler end on the denoised estimate and scale the noise differently)."),
+            inputs=[],
+            outputs=[io.Sampler.Output(tooltip="The sampler, for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(official_solvers.sample_ddim))
+
+
+class DiffBIRDPMSolverSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDPMSolverSigmas",
+            display_name="DiffBIR DPM-Solver Sigmas",
+            category="DiffBIR/sampling",
+            description=(
+                "The noise levels of DiffBIR's official 'dpm++_m2' sampler (DPM-Solver++ on the continuous times "
+                "linspace(1, 1/1000, steps + 1)), for DiffBIR DPM-Solver Sampler. The last one is the first "
+                "training step's noise level, not 0, as officially. More steps: more detail, slower."),
+            inputs=[
+                io.Model.Input("model", tooltip=(
+                    "The model through DiffBIR Model Sampling (its version sets the schedule).")),
+                io.Int.Input("steps", default=10, min=2, max=1000, tooltip="Number of steps (official default 10)."),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="steps + 1 decreasing sigmas.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(official_solvers.dpm_solver_sigmas(model.get_model_object("model_sampling"), steps))
+
+
+class DiffBIRDPMSolverSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDPMSolverSampler",
+            display_name="DiffBIR DPM-Solver Sampler",
+            category="DiffBIR/sampling",
+            description=(
+                "DiffBIR's official 'dpm++_m2' sampler (DPM-Solver++ 2M, deterministic) for SamplerCustom / "
+                "SamplerCustomAdvanced with DiffBIR DPM-Solver Sigmas. It evaluates the model at the official "
+                "fractional timesteps, which the stock dpmpp_2m cannot, so the result equals the official one. "
+                "Needs DiffBIR Model Sampling."),
+            inputs=[],
+            outputs=[io.Sampler.Output(tooltip="The sampler, for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(official_solvers.sample_dpm_solver))
+
+
+class DiffBIRRescaleCFG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRRescaleCFG",
+            display_name="DiffBIR Rescale CFG",
+            category="DiffBIR/sampling",
+            description=(
+                "The official --rescale_cfg: the CFG scale follows 1 + cfg * (1 - cos(pi * ((1000 - t) / "
+                "1000)^5)) / 2 over the model timestep t, rising from 1 at the start (t = 999) to cfg + 1 at the "
+                "end. Keeps the early, noisy steps close to the stage-1 image (fidelity) and lets the prompt act "
+                "on the details (realism). Works with every sampler; CFG of 1 or less is left as it is."),
+            inputs=[io.Model.Input("model", tooltip="The model to sample (after DiffBIR Model Sampling).")],
+            outputs=[io.Model.Output(tooltip="The same model with the rescaled CFG.")],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        return io.NodeOutput(official_solvers.with_rescaled_cfg(model))
 
 
 class DiffBIRConditionNoiseAugment(io.ComfyNode):
