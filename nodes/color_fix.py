@@ -2,7 +2,8 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import color_fix, comfy_compat, guards, images
+from ..diffbir_modules import color_fix, guards, images
+from . import menu
 
 
 class DiffBIRColorFix(io.ComfyNode):
@@ -10,10 +11,10 @@ class DiffBIRColorFix(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRColorFix",
-            **comfy_compat.schema_fields(search_aliases=[
-                "color fix", "color correction", "color match", "wavelet", "adain"]),
+            **menu.search("color fix", "color correction", "color match", "colour", "wavelet", "adain", "lab",
+                "before after"),
             display_name="DiffBIR Colour Fix",
-            category="DiffBIR",
+            category=menu.OUTPUT,
             description=(
                 "DiffBIR's last step: keeps the details (high frequencies) of the restored image and takes its "
                 "colour and shading (low frequencies) from the stage-1 image, which removes the colour shift "
@@ -52,10 +53,9 @@ class DiffBIRResizeToOutputSize(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRResizeToOutputSize",
-            **comfy_compat.schema_fields(search_aliases=[
-                "resize", "output size", "upscale", "final size", "bicubic", "lanczos"]),
+            **menu.search("resize", "output size", "upscale", "final size", "bicubic", "lanczos"),
             display_name="DiffBIR Resize to Output Size",
-            category="DiffBIR",
+            category=menu.OUTPUT,
             description=(
                 "DiffBIR's very last step: resizes the restored image to the size the user asked for (input "
                 "size x upscale: Degradation Removal's width and height outputs), the way the official code "
