@@ -16,6 +16,7 @@ from pathlib import Path
 
 import browser
 import pytest
+from PIL import Image
 
 from comfy_runtime import comfy_headless
 
@@ -43,6 +44,12 @@ MISSING_MODELS_TEXT = """(() => {
   const end = text.indexOf('Missing Inputs', start);
   return JSON.stringify({kind: 'panel', text: text.slice(start, end < 0 ? undefined : end)});
 })()"""
+# Every node's box on the canvas (title bar included), after the web UI has sized the nodes for their
+# widgets and image previews.
+NODE_BOXES = """(() => app.graph._nodes.map(n => {
+  const title = n.constructor.title_mode === LiteGraph.NO_TITLE ? 0 : LiteGraph.NODE_TITLE_HEIGHT;
+  return {id: n.id, type: n.type, title: n.title, box: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]};
+}))()"""
 CLOSE_MISSING_MODELS = "document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())"
 
 
@@ -67,6 +74,9 @@ def page(tmp_path_factory):
             pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     base = comfy_headless.make_base_directory(tmp_path_factory.mktemp("web-ui"))
+    # The workflows' input images, in the shape that makes the tallest preview: a portrait photo.
+    for name in ("example.png", "face.png"):
+        Image.new("RGB", (600, 900), (120, 90, 60)).save(base / "input" / name)
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(SETTINGS))
@@ -119,3 +129,29 @@ def test_workflow_loads_in_web_ui(page, name):
     shots = screenshot_dir()
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(shots / f"{slug(name)}.png")
+
+
+def overlaps(a: list, b: list) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
+def test_workflow_nodes_do_not_overlap(page, name):
+    """With the input image loaded as a tall portrait (the largest preview), no node box covers another."""
+    page.evaluate(LOAD_AND_LIST.replace("WORKFLOW", (EXAMPLES / name).read_text()))
+    page.evaluate(CLOSE_MISSING_MODELS)
+    deadline = time.monotonic() + 10  # previews load asynchronously; the web UI then resizes the node
+    while True:
+        previews = page.evaluate("app.graph._nodes.filter(n => n.type === 'LoadImage' && n.imgs && n.imgs.length)"
+                                 ".length")
+        if previews or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert previews, "the Load Image preview did not show"
+    time.sleep(0.5)
+    page.evaluate("app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true)")
+    boxes = page.evaluate(NODE_BOXES)
+    hits = [(a["title"] or a["type"], b["title"] or b["type"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if overlaps(a["box"], b["box"])]
+    assert not hits, f"overlapping nodes: {hits}"

@@ -16,6 +16,12 @@ import uuid
 from dataclasses import dataclass, field
 
 SEED_WIDGETS = {"seed", "noise_seed"}
+NODE_WIDTH = 340
+COLUMN = 400  # x distance between the columns of nodes (one column per link depth)
+GAP = 60  # y distance between the nodes of a column
+# Room for the image these nodes show: the web UI draws it inside the node, and a node too short for it
+# grows over the node below (a portrait photo in a 340 px wide node is about 450 px tall).
+IMAGE_PREVIEW = {"LoadImage": 460, "PreviewImage": 380, "SaveImage": 380}
 
 
 @dataclass
@@ -92,7 +98,7 @@ def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> di
         node_inputs, widgets = [], []
         if node.class_type == "MarkdownNote":
             widgets = [node.inputs["text"]]
-            size = [420, 300]
+            size = [NODE_WIDTH, 80 + 22 * (len(node.inputs["text"]) // 40)]  # ~40 characters a line
         else:
             if info is None:
                 raise KeyError(f"unknown node type {node.class_type!r} (not in object_info)")
@@ -116,7 +122,9 @@ def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> di
                     if name in widget_names:
                         entry["widget"] = {"name": name}
                     node_inputs.append(entry)
-            size = [340, 60 + 26 * (len(node_inputs) + len(widgets))]
+            # the web UI draws sockets (inputs beside outputs) first, then one row per widget
+            rows = max(len(node_inputs), len(info["output"])) + len(widgets)
+            size = [NODE_WIDTH, 60 + 26 * rows + IMAGE_PREVIEW.get(node.class_type, 0)]
         outputs = []
         if info is not None and node.class_type != "MarkdownNote":
             names = info.get("output_name") or info["output"]
@@ -125,11 +133,11 @@ def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> di
                                 "links": outputs_of[node.key].get(slot, []), "slot_index": slot})
         col = node_depth(node.key)
         y = column_y.get(col, 60)
-        column_y[col] = y + size[1] + 60
+        column_y[col] = y + size[1] + GAP
         properties = {"Node name for S&R": node.class_type}
         if node.models:
             properties["models"] = node.models
-        entry = {"id": ids[node.key], "type": node.class_type, "pos": [40 + col * 400, y], "size": size,
+        entry = {"id": ids[node.key], "type": node.class_type, "pos": [40 + col * COLUMN, y], "size": size,
                  "flags": {}, "order": order, "mode": 0, "inputs": node_inputs, "outputs": outputs,
                  "properties": properties, "widgets_values": widgets}
         if node.title:
