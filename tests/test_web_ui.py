@@ -16,7 +16,7 @@ from pathlib import Path
 
 import browser
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from comfy_runtime import comfy_headless
 
@@ -50,6 +50,17 @@ NODE_BOXES = """(() => app.graph._nodes.map(n => {
   const title = n.constructor.title_mode === LiteGraph.NO_TITLE ? 0 : LiteGraph.NODE_TITLE_HEIGHT;
   return {id: n.id, type: n.type, title: n.title, box: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]};
 }))()"""
+# The nodes' bounding box in screenshot pixels (canvas position + (graph position + offset) x scale).
+GRAPH_BOX_ON_SCREEN = """(() => {
+  const rect = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds, ratio = window.devicePixelRatio || 1;
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  const xs = app.graph._nodes.flatMap(n => [n.pos[0], n.pos[0] + n.size[0]]);
+  const ys = app.graph._nodes.flatMap(n => [n.pos[1] - title, n.pos[1] + n.size[1]]);
+  const sx = x => (rect.left + (x + ds.offset[0]) * ds.scale) * ratio;
+  const sy = y => (rect.top + (y + ds.offset[1]) * ds.scale) * ratio;
+  return [sx(Math.min(...xs)), sy(Math.min(...ys)), sx(Math.max(...xs)), sy(Math.max(...ys))];
+})()"""
+GRAPH_BOX_KEY = "diffbir-graph-box"
 CLOSE_MISSING_MODELS = "document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())"
 
 
@@ -128,7 +139,14 @@ def test_workflow_loads_in_web_ui(page, name):
     time.sleep(1.0)
     shots = screenshot_dir()
     shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(shots / f"{slug(name)}.png")
+    shot = shots / f"{slug(name)}.png"
+    page.screenshot(shot)
+    # Where the nodes are on the screenshot, for the template thumbnails (tools/workflows/thumbnails.py)
+    box = page.evaluate(GRAPH_BOX_ON_SCREEN)
+    assert box[2] - box[0] > 200 and box[3] - box[1] > 100, box
+    info = PngImagePlugin.PngInfo()
+    info.add_text(GRAPH_BOX_KEY, ",".join(str(round(v)) for v in box))
+    Image.open(shot).save(shot, pnginfo=info)
 
 
 def overlaps(a: list, b: list) -> bool:
@@ -155,3 +173,18 @@ def test_workflow_nodes_do_not_overlap(page, name):
     hits = [(a["title"] or a["type"], b["title"] or b["type"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
             if overlaps(a["box"], b["box"])]
     assert not hits, f"overlapping nodes: {hits}"
+
+
+@pytest.mark.server
+def test_template_browser_lists_every_workflow_with_its_thumbnail(page):
+    """The template browser asks the server for /workflow_templates and shows
+    /api/workflow_templates/<pack>/<workflow>.jpg as each card's picture (both frontends)."""
+    listing = json.loads(page.evaluate("fetch('/api/workflow_templates').then(r => r.text())"))
+    [(pack, names)] = [(k, v) for k, v in listing.items() if "DiffBIR v1 general" in v]
+    assert sorted(names) == sorted(p.stem for p in EXAMPLES.glob("*.json"))
+    for name in names:
+        served = json.loads(page.evaluate(
+            f"fetch('/api/workflow_templates/{pack}/' + encodeURIComponent({json.dumps(name)}) + '.jpg')"
+            ".then(async r => JSON.stringify({status: r.status, type: r.headers.get('content-type'),"
+            " size: (await r.arrayBuffer()).byteLength}))"))
+        assert served["status"] == 200 and served["type"] == "image/jpeg" and served["size"] > 5000, (name, served)
