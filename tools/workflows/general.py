@@ -138,8 +138,14 @@ CAPTION_NOTE = (
     "the official code cuts it.")
 
 
+MODELS_NOTE = (
+    "Missing model files: ComfyUI's download button takes only .safetensors files from huggingface.co or "
+    "civitai.com, and most DiffBIR files are .pth / .ckpt. Get them from the links in the README's weights table "
+    "(https://github.com/comfyui-diffbir/comfyui-diffbir#install) into models/<folder> as listed.")
+
+
 def _readme(title: str, body: str) -> Node:
-    return note("readme", f"# {title}\n\n{body}", title="Read me")
+    return note("readme", f"# {title}\n\n{body}\n\n{MODELS_NOTE}", title="Read me")
 
 
 WORKFLOWS = {
