@@ -173,6 +173,15 @@ def test_workflow_nodes_do_not_overlap(page, name):
     hits = [(a["title"] or a["type"], b["title"] or b["type"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
             if overlaps(a["box"], b["box"])]
     assert not hits, f"overlapping nodes: {hits}"
+    # Stage groups (where a workflow has them) stand apart, each around its own nodes.
+    groups = page.evaluate("app.graph._groups.map(g => ({title: g.title,"
+                           " box: Array.from(g.boundingRect || g._bounding)}))")
+    hits = [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
+            if overlaps(a["box"], b["box"])]
+    assert not hits, f"overlapping groups: {hits}"
+    for node in boxes:
+        inside = [g["title"] for g in groups if overlaps(node["box"], g["box"])]
+        assert not groups or len(inside) == 1, (node["title"] or node["type"], inside)
 
 
 @pytest.mark.server

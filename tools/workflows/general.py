@@ -188,9 +188,29 @@ WORKFLOWS = {
 }
 
 
+STAGES = {  # group title: node keys, one column each, in the order the workflow runs
+    "1. input and stage 1 (clean)": ["readme", "load", "cleaner", "stage1", "preview_stage1"],
+    "2. Stable Diffusion and prompts": ["ckpt", "lora", "sampling", "caption", "caption_note", "prompts", "pos", "neg"],
+    "3. IRControlNet": ["irc", "apply"],
+    "4. sampling": ["tiling", "scales", "guidance", "sigmas", "solver", "noise", "guider", "sample"],
+    "5. decode and colour fix": ["decode", "crop", "colour", "resize"],
+    "6. result": ["grid", "save", "compare", "preview_compare"],
+}
+
+
+def _stages(nodes: list[Node]) -> dict[str, list[str]]:
+    keys = {node.key for node in nodes}
+    stages = {title: [k for k in members if k in keys] for title, members in STAGES.items()}
+    return {title: members for title, members in stages.items() if members}
+
+
 def workflows(info: dict) -> dict:
     """{title: UI-format workflow} for the given node definitions."""
-    return {title: build([_readme(title, text), *describe()], info) for title, (describe, text) in WORKFLOWS.items()}
+    built = {}
+    for title, (describe, text) in WORKFLOWS.items():
+        nodes = [_readme(title, text), *describe()]
+        built[title] = build(nodes, info, stages=_stages(nodes))
+    return built
 
 
 def main(argv=None) -> None:
