@@ -14,22 +14,17 @@ models/facedetection/ (ComfyUI's usual folder for these files; extra_model_paths
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 
 import torch
 
-from . import comfy_compat, face_detection, face_parsing, weights_io
+from . import comfy_compat, downloads, face_detection, face_parsing, weights_io
 
 FOLDER = "facedetection"
 EXTENSIONS = {".pth", ".pt", ".safetensors"}
-RELEASES = "https://github.com/xinntao/facexlib/releases/download"
-RETINAFACE_FILES = {
-    "retinaface_resnet50": ("detection_Resnet50_Final.pth", f"{RELEASES}/v0.1.0/detection_Resnet50_Final.pth"),
-    "retinaface_mobilenet0.25": ("detection_mobilenet0.25_Final.pth",
-                                 f"{RELEASES}/v0.1.0/detection_mobilenet0.25_Final.pth"),
-}
-PARSENET_FILE = ("parsing_parsenet.pth", f"{RELEASES}/v0.2.2/parsing_parsenet.pth")
+# Catalogue keys (diffbir_modules/weights.py: file name, URLs, checksum) of the facexlib releases.
+RETINAFACE_KEYS = {"retinaface_resnet50": "retinaface_resnet50", "retinaface_mobilenet0.25": "retinaface_mobilenet"}
+PARSENET_KEY = "parsenet"
 MTCNN_PARTS = ("pnet", "rnet", "onet")
 DETECTORS = ("retinaface_resnet50", "retinaface_mobilenet0.25", "mtcnn")
 
@@ -48,44 +43,11 @@ def _find(name: str) -> str | None:
         return None
 
 
-# catalogue keys of the pack's weights catalogue (diffbir_modules/weights.py), where it exists
-CATALOGUE_KEYS = {"detection_Resnet50_Final.pth": "retinaface_resnet50",
-                  "detection_mobilenet0.25_Final.pth": "retinaface_mobilenet", "parsing_parsenet.pth": "parsenet"}
-
-
-def fetch(name: str, url: str, allow_download: bool = True) -> str:
-    """Path of models/facedetection/<name>; downloaded from ``url`` when missing and allowed. Uses the
-    pack's checksum-verifying downloader (diffbir_modules/downloads.py) when the pack has it."""
-    path = _find(name)
-    if path is not None:
-        return path
-    try:
-        from . import downloads
-    except ImportError:
-        downloads = None
-    if downloads is not None and name in CATALOGUE_KEYS:
-        key = CATALOGUE_KEYS[name]
-        return downloads.ensure([key], allow_download=allow_download)[key]
-    folder_paths = _folder_paths()
-    folders = folder_paths.get_folder_paths(FOLDER) if FOLDER in folder_paths.folder_names_and_paths else []
-    target_dir = folders[0] if folders else os.path.join(folder_paths.models_dir, FOLDER)
-    target = os.path.join(target_dir, name)
-    advice = (f"Download {url} and put it in {target_dir} (ComfyUI's models/{FOLDER} folder, where other face packs "
-              "keep it too).")
-    if not allow_download:
-        raise FileNotFoundError(f"{name} is not in models/{FOLDER}. {advice}")
-    os.makedirs(target_dir, exist_ok=True)
-    logging.info("DiffBIR faces: downloading %s to %s", url, target)
-    partial = target + ".part"
-    try:
-        torch.hub.download_url_to_file(url, partial, progress=True)
-        os.replace(partial, target)
-    except Exception as error:  # offline, proxy, disk: say what to do
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise FileNotFoundError(f"{name} is not in models/{FOLDER} and downloading it failed ({error}). "
-                                f"{advice}") from error
-    return target
+def fetch(key: str, allow_download: bool = True) -> str:
+    """Path of the catalogue file ``key`` in models/facedetection, downloaded (checksum-verified, by
+    diffbir_modules/downloads.py) when missing and allowed; otherwise MissingWeightsError names the
+    file, its URL and the folder to put it in."""
+    return downloads.ensure([key], allow_download=allow_download)[key]
 
 
 def read_weights(path: str) -> dict:
@@ -149,9 +111,9 @@ def load_detector(name: str, allow_download: bool = True) -> FaceDetectorModel:
         paths = mtcnn_files()
         net = face_detection.build_mtcnn(*[read_weights(p) for p in paths], source=os.path.dirname(paths[0]))
         return FaceDetectorModel(name, net, os.path.dirname(paths[0]))
-    if name not in RETINAFACE_FILES:
+    if name not in RETINAFACE_KEYS:
         raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
-    path = fetch(*RETINAFACE_FILES[name], allow_download=allow_download)
+    path = fetch(RETINAFACE_KEYS[name], allow_download=allow_download)
     net = face_detection.build_retinaface(read_weights(path), source=path)
     expected = name.split("_", 1)[1]
     if net.backbone != expected:
@@ -177,5 +139,5 @@ class FaceParserModel:
 
 
 def load_parser(allow_download: bool = True) -> FaceParserModel:
-    path = fetch(*PARSENET_FILE, allow_download=allow_download)
+    path = fetch(PARSENET_KEY, allow_download=allow_download)
     return FaceParserModel(face_parsing.build_parsenet(read_weights(path), source=path), path)

@@ -52,14 +52,13 @@ def load_checkpoint(path: str, version: str):
     return sampling.with_model_sampling(model, version), clip, vae
 
 
-def load_preset(version: str, task: str, allow_download: bool = True, load_ircontrolnet: bool = True
-                ) -> LoadedPreset:
-    """Every model of a version + task. ``load_ircontrolnet`` False leaves the IRControlNet out (None)."""
+def load_preset(version: str, task: str, allow_download: bool = True) -> LoadedPreset:
+    """Every model of a version + task."""
     p = presets.preset_for(version, task)
     paths = downloads.ensure(p.files(), allow_download=allow_download)
     model, clip, vae = load_checkpoint(paths[p.checkpoint], p.version)
     cleaner = stage1.load_cleaner(paths[p.cleaner])
     background = stage1.load_cleaner(paths[p.background_cleaner]) if p.background_cleaner else cleaner
     # the release is known here, so it is passed on (the loader's "auto" cannot tell the releases apart)
-    control = ircontrolnet.load_ircontrolnet(paths[p.ircontrolnet], version=p.version) if load_ircontrolnet else None
+    control = ircontrolnet.load_ircontrolnet(paths[p.ircontrolnet], version=p.version)
     return LoadedPreset(p, paths, model, clip, vae, control, cleaner, background)

@@ -28,7 +28,7 @@ import comfy.model_sampling
 import numpy as np
 import torch
 
-from . import ircontrolnet, schedules
+from . import ircontrolnet, schedules, sd_model
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +100,6 @@ def with_model_sampling(model, version: str):
     return patched
 
 
-def prediction_of(model_sampling) -> str | None:
-    """"v", "eps", or None for anything else (flow, x0, EDM ...)."""
-    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION) and not isinstance(
-            model_sampling, comfy.model_sampling.EDM):
-        return "v"
-    if type(model_sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised and isinstance(
-            model_sampling, comfy.model_sampling.EPS):
-        return "eps"
-    return None
-
-
 def training_alphas_cumprod(model_sampling) -> np.ndarray:
     """The 1000 training alphas_cumprod (float64) of a discrete ComfyUI schedule: DiffBIR's exact
     table when it is ours, otherwise 1 / (1 + sigma^2) of ComfyUI's float32 sigmas, with the terminal
@@ -165,7 +154,7 @@ def edm_sigmas(model_sampling, steps: int, first_sigma: str = "official") -> tor
     if first_sigma not in EDM_FIRST_SIGMAS:
         raise ValueError(f"unknown first_sigma {first_sigma!r}; expected one of {', '.join(EDM_FIRST_SIGMAS)}")
     if first_sigma == "auto":
-        first_sigma = "official" if prediction_of(model_sampling) == "v" else "schedule"
+        first_sigma = "official" if sd_model.prediction_of(model_sampling) == "v" else "schedule"
     acp = training_alphas_cumprod(model_sampling)
     first = schedules.EDM_FIRST_ALPHA_CUMPROD if first_sigma == "official" else None
     sigmas, timesteps = schedules.edm_schedule(acp, int(steps), first)
@@ -263,7 +252,7 @@ def sample_spaced(model, x, sigmas, extra_args=None, callback=None, disable=None
     """
     extra_args = {} if extra_args is None else extra_args
     model_sampling = model.inner_model.inner_model.model_sampling
-    prediction = prediction_of(model_sampling)
+    prediction = sd_model.prediction_of(model_sampling)
     acp_train = training_alphas_cumprod(model_sampling)
 
     sig = sigmas.detach().float().cpu()

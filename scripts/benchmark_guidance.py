@@ -1,13 +1,13 @@
 """Restoration guidance cost: time per sampling step (unguided vs latent vs rgb space) and the peak
 memory of the rgb-space decoder back-propagation (full / checkpoint / tiled) at 512^2 and 1024^2.
 
-    .venv/bin/python scripts/benchmark_guidance.py memory            # every memory case, one process each
-    .venv/bin/python scripts/benchmark_guidance.py memory --size 512 --mode checkpoint   # one case
-    .venv/bin/python scripts/benchmark_guidance.py steps --size 512   # time per step, tiny UNet
+    .venv/bin/python -m scripts.benchmark_guidance memory            # every memory case, one process each
+    .venv/bin/python -m scripts.benchmark_guidance memory --size 512 --mode checkpoint   # one case
+    .venv/bin/python -m scripts.benchmark_guidance steps --size 512   # time per step, tiny UNet
 
 memory: a fresh process per case loads only the SD 2.x VAE (real architecture, random weights from
-tests/model_factory.py) as a ComfyUI VAE and runs one rgb-space guidance gradient (decode with
-gradients + backward) through diffbir_modules/guidance.py. Peak = the process's peak resident memory
+devkit/model_factory.py) as a ComfyUI VAE and runs one rgb-space guidance gradient (decode with
+gradients + backward) through diffbir_modules/guidance/. Peak = the process's peak resident memory
 (VmHWM, reset just before the call) minus its resident memory before the call: on the CPU that is
 every tensor of the computation (fp32). "decode" is a plain VAE decode without gradients, for scale.
 
@@ -19,7 +19,6 @@ is the run's time over its steps, the guidance overhead is the difference to ung
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 MEMORY_CASES = [(512, "decode"), (512, "full"), (512, "checkpoint"), (512, "tiled"),
                 (1024, "decode"), (1024, "checkpoint"), (1024, "tiled")]
 
@@ -60,23 +58,15 @@ def _reset_peak():
         f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
-def _guidance_module():
-    spec = importlib.util.spec_from_file_location("diffbir_guidance_bench", REPO / "diffbir_modules" / "guidance.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def _vae():
-    import comfy_runtime
+    from devkit import comfy_runtime
 
     comfy_runtime.prepare_imports(["--cpu"])
     import comfy.sd
     import torch
     from safetensors import safe_open
 
-    import model_factory
+    from devkit import model_factory
 
     path = model_factory.sd2_checkpoint("tiny")
     sd = {}
@@ -96,7 +86,8 @@ def memory_case(size: int, mode: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     vae = _vae()
     import comfy.latent_formats
-    gm = _guidance_module()
+
+    from diffbir_modules import guidance as gm
 
     class Model:  # what the guidance reads of a ComfyUI BaseModel
         latent_format = comfy.latent_formats.SD15()
@@ -163,10 +154,8 @@ def run_steps(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    from conftest import MODELS_DIR, install_model
-
-    import comfy_runtime
-    import model_factory
+    from devkit import comfy_runtime, model_factory
+    from devkit.model_factory import MODELS_DIR, install_model
 
     comfy_runtime.start(Path(tempfile.mkdtemp(prefix="diffbir-bench-")) / "in-process", MODELS_DIR)
     ckpt = install_model("checkpoints", model_factory.sd2_checkpoint(args.variant))

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Stage-1 (degradation removal) figures on this machine, with the published network sizes (random
-weights from tests/model_factory.py: speed and memory do not depend on the values).
+weights from devkit/model_factory.py: speed and memory do not depend on the values).
 
-    .venv/bin/python scripts/benchmark_stage1.py bench [--models swinir,bsrnet,scunet] [--sizes 256,512,1024]
-    .venv/bin/python scripts/benchmark_stage1.py seams [--out docs/images/stage1_tiled_vs_untiled.png]
+    .venv/bin/python -m scripts.benchmark_stage1 bench [--models swinir,bsrnet,scunet] [--sizes 256,512,1024]
+    .venv/bin/python -m scripts.benchmark_stage1 seams [--out docs/images/stage1_tiled_vs_untiled.png]
 
 ``bench``: time and peak resident memory of one stage-1 run per (model, input size, tiled or not),
 each case in a fresh subprocess (so peaks do not mix), after a 64x64 warm-up, best of --repeat runs.
@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 FILES = {"swinir": "realesrgan_s4_swinir_100k.pth", "bsrnet": "BSRNet.pth", "scunet": "scunet_color_real_psnr.pth"}
 TILINGS = {"untiled": None, "tiled 512/256": (512, 256), "tiled 256/128": (256, 128)}
@@ -50,7 +48,7 @@ def rss_mib() -> float:
 def load(kind: str):
     from spandrel import ModelLoader
 
-    import model_factory
+    from devkit import model_factory
 
     return ModelLoader().load_from_file(str(model_factory.stage1_file(FILES[kind], "full"))).eval()
 
@@ -90,7 +88,7 @@ def one_case(kind: str, size: int, tiling: str, threads: int, repeat: int = 1) -
 
 
 def bench(args) -> None:
-    import model_factory
+    from devkit import model_factory
 
     models = args.models.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -3,17 +3,17 @@ SD 2.1 UNet, through the real ComfyUI runtime (issue 4).
 
 Usage (from the repository root, with the environment scripts/setup.sh made):
 
-    .venv/bin/python scripts/benchmark_stage2.py                      # 512 and 1024, cfg 4 and 1, 2 steps
-    .venv/bin/python scripts/benchmark_stage2.py --sizes 512 --steps 3 --cfgs 4
-    .venv/bin/python scripts/benchmark_stage2.py --device cpu --comfy-args "--use-pytorch-cross-attention"
+    .venv/bin/python -m scripts.benchmark_stage2                      # 512 and 1024, cfg 4 and 1, 2 steps
+    .venv/bin/python -m scripts.benchmark_stage2 --sizes 512 --steps 3 --cfgs 4
+    .venv/bin/python -m scripts.benchmark_stage2 --device cpu --comfy-args "--use-pytorch-cross-attention"
 
 Models: full-size SD 2.1 and IRControlNet layouts with deterministic random weights, built once by
-tests/model_factory.py and cached (.cache/test-models: a 2.6 GB fp16 SD 2.x checkpoint and a 1.45 GB
+devkit/model_factory.py and cached (.cache/test-models: a 2.6 GB fp16 SD 2.x checkpoint and a 1.45 GB
 fp32 IRControlNet safetensors, the size of the published v2.pth). Random weights run the same
 operations as the real ones, so the timings and memory hold for the published files.
 
 Each case (output size x with/without IRControlNet) runs in a fresh subprocess, so its memory figures
-are its own. The subprocess starts ComfyUI in process (tests/comfy_runtime.py; on a machine with CUDA
+are its own. The subprocess starts ComfyUI in process (devkit/comfy_runtime.py; on a machine with CUDA
 ComfyUI's model management picks the GPU, else --cpu) and executes one API graph with ComfyUI's own
 executor: CheckpointLoaderSimple, two CLIPTextEncode, DiffBIRIRControlNetLoader +
 DiffBIRApplyIRControlNet (stage-1 image: scikit-image's astronaut photo resized to the size) or
@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 DEFAULT_SIZES = (512, 1024)
 DEFAULT_CFGS = (4.0, 1.0)
@@ -380,7 +379,7 @@ def _attention_name() -> str:
 
 # -- subprocess side ---------------------------------------------------------------------------------
 def child_main(spec: dict) -> None:
-    import comfy_runtime
+    from devkit import comfy_runtime
 
     scratch = Path(tempfile.mkdtemp(prefix="diffbir-bench-"))
     models = scratch / "models"
@@ -397,7 +396,7 @@ def child_main(spec: dict) -> None:
 
 # -- parent side -------------------------------------------------------------------------------------
 def build_models(variant: str) -> tuple[Path, Path]:
-    import model_factory
+    from devkit import model_factory
 
     ckpt = model_factory.sd2_checkpoint(variant)  # fp16 storage, as the published checkpoints
     irc = model_factory.ircontrolnet_file(variant, fmt="safetensors")  # fp32, as the published files
@@ -584,7 +583,7 @@ def main(argv=None) -> int:
                         help="cfg values, one KSampler each (cfg 1 skips the uncond evaluation)")
     parser.add_argument("--steps", type=int, default=2, help="sampling steps per run (the first one is warm-up)")
     parser.add_argument("--variant", default="full", choices=("tiny", "small", "full"),
-                        help="model size from tests/model_factory.py (full = SD 2.1 + the published IRControlNet)")
+                        help="model size from devkit/model_factory.py (full = SD 2.1 + the published IRControlNet)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA when torch sees it (ComfyUI's model management picks the GPU), else --cpu")
     parser.add_argument("--comfy-args", default="", help="more ComfyUI options, e.g. '--fp16-unet'")

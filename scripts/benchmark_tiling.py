@@ -1,8 +1,8 @@
 """Peak memory and time of a tiled DiffBIR restoration at two output sizes, full-size random SD 2.1 +
-IRControlNet (tests/model_factory.py: "full" checkpoint and IRControlNet, random weights).
+IRControlNet (devkit/model_factory.py: "full" checkpoint and IRControlNet, random weights).
 
-    .venv/bin/python scripts/benchmark_tiling.py                      # 1024 and 2048, 1 step each
-    .venv/bin/python scripts/benchmark_tiling.py --sizes 1024 2048 --steps 2 --json out.json
+    .venv/bin/python -m scripts.benchmark_tiling                      # 1024 and 2048, 1 step each
+    .venv/bin/python -m scripts.benchmark_tiling --sizes 1024 2048 --steps 2 --json out.json
 
 Each size runs in its own subprocess (a fresh ComfyUI in process), so its peak resident memory
 (``ru_maxrss``) is its own. The pipeline is the one a user wires, with every tiling on:
@@ -55,11 +55,9 @@ class RssWatch:
 
 def child(size: int, steps: int, tile: int, stride: int, vae_tile: int, stages: str = "all", device: str = "cpu",
           variant: str = "full", comfy_args: str = "") -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
     import torch
 
-    import comfy_runtime
-    import model_factory
+    from devkit import comfy_runtime, model_factory
 
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     base = Path(tempfile.mkdtemp(prefix="diffbir-bench-"))
@@ -179,7 +177,7 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help=(
         "cuda: ComfyUI's model management on the GPU, peaks from torch.cuda (weights included)"))
     parser.add_argument("--variant", choices=["full", "small", "tiny"], default="full", help=(
-        "model size from tests/model_factory.py (tiny: a quick check that the script runs)"))
+        "model size from devkit/model_factory.py (tiny: a quick check that the script runs)"))
     parser.add_argument("--comfy-args", default="", help=(
         "more ComfyUI options, e.g. '--reserve-vram 75' to make an 80 GB card act like a 5 GB one"))
     parser.add_argument("--json", type=Path)

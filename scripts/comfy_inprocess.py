@@ -6,7 +6,7 @@ exactly as ``main.py`` does. ``run_prompt()`` validates an API-format graph and 
 ComfyUI's own ``PromptExecutor``. ``pack_module()`` reaches the pack's modules as ComfyUI loaded
 them (one copy only: ComfyUI names a custom node package by its path).
 
-Used by the tests (tests/comfy_runtime.py) and by the batch workers (batch/workers.py), which keep
+Used by the tests (devkit/comfy_runtime.py) and by the batch workers (batch/workers.py), which keep
 one executor per process so the workflow's models load once.
 """
 

@@ -1,7 +1,7 @@
 """PSNR/SSIM of the synthetic degradations against the clean photo, over many seeds.
 
-    .venv/bin/python scripts/degradation_stats.py                     # astronaut + coffee, 20 seeds, both pipelines
-    .venv/bin/python scripts/degradation_stats.py --seeds 50 --intensity 0.5 --json stats.json
+    .venv/bin/python -m scripts.degradation_stats                     # astronaut + coffee, 20 seeds, both pipelines
+    .venv/bin/python -m scripts.degradation_stats --seeds 50 --intensity 0.5 --json stats.json
 
 Photos come from scikit-image's bundled data (no download). The degraded image is compared with the
 original photo at full size (the node's default output: resized back to the input size), RGB, data range
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,7 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from diffbir_modules import degradations  # noqa: E402
+from diffbir_modules import degradations
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea, "rocket": data.rocket}
 

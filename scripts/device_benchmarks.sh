@@ -30,11 +30,11 @@ print(model_factory.sd2_checkpoint(sys.argv[1]), model_factory.ircontrolnet_file
 print(f"models built in {time.time() - t:.0f} s", flush=True)
 PY
 echo "== stage 2: time per step and peak memory, IRControlNet vs plain UNet ($(($(date +%s) - t0)) s)"
-"$py" scripts/benchmark_stage2.py --device "$device" --variant "$variant" --sizes 512 1024 --steps 4 --cfgs 4 \
+"$py" -m scripts.benchmark_stage2 --device "$device" --variant "$variant" --sizes 512 1024 --steps 4 --cfgs 4 \
     --out-dir "$scratch/bench_stage2" --case-timeout 240 || echo "stage-2 benchmark failed: $?"
 cp "$scratch/bench_stage2/report.json" "$out/stage2_report.json" 2>/dev/null || true
 tar czf "$out/stage2_logs.tgz" -C "$scratch/bench_stage2" . 2>/dev/null || true
 echo "== tiling: 1024 and 2048 px output ($(($(date +%s) - t0)) s)"
-"$py" scripts/benchmark_tiling.py --device "$device" --variant "$variant" --sizes 1024 2048 --steps 4 \
+"$py" -m scripts.benchmark_tiling --device "$device" --variant "$variant" --sizes 1024 2048 --steps 4 \
     --json "$out/tiling.json" || echo "tiling benchmark failed: $?"
 echo "== done ($(($(date +%s) - t0)) s)"

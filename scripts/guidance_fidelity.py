@@ -4,8 +4,8 @@ scale rises, for several samplers (docs/guidance.md has the tables this prints).
 A scikit-image photo is degraded (Gaussian blur, 4x area downscale, Gaussian noise, bicubic back up)
 and that degraded image stands in for the stage-1 result (random weights cannot remove anything).
 Stage 2 is the real graph with random weights: the tiny SD 2.x checkpoint and IRControlNet from
-tests/model_factory.py, DiffBIR Model Sampling (v2), DiffBIR Apply IRControlNet, DiffBIR Restoration
-Guidance, the sampler, VAE Decode, crop (tests/guidance_setup.py). With random weights the
+devkit/model_factory.py, DiffBIR Model Sampling (v2), DiffBIR Apply IRControlNet, DiffBIR Restoration
+Guidance, the sampler, VAE Decode, crop (devkit/guidance_setup.py). With random weights the
 "restoration" is noise; the property shown is that guidance pulls the output toward the stage-1 image
 as the scale rises.
 
@@ -14,20 +14,18 @@ PSNR of the sampled latent against the stage-1 image's latent (VAE posterior mod
 latent-space guidance pulls on (a random VAE does not reconstruct images, so pixel PSNR can only
 move a little there).
 
-    .venv/bin/python scripts/guidance_fidelity.py --space rgb --size 32 --steps 4 --scales 0 0.3 1 3 10 30
-    .venv/bin/python scripts/guidance_fidelity.py --space latent --size 64 --steps 10
+    .venv/bin/python -m scripts.guidance_fidelity --space rgb --size 32 --steps 4 --scales 0 0.3 1 3 10 30
+    .venv/bin/python -m scripts.guidance_fidelity --space latent --size 64 --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 SAMPLER_CHOICES = ["spaced (official)", "euler / normal", "euler_ancestral / normal", "dpmpp_2m / karras",
                    "heun / normal"]
@@ -46,10 +44,10 @@ def main():
     args = parser.parse_args()
 
     import torch
-    from conftest import MODELS_DIR
-    from guidance_setup import Runner, degraded_photo, psnr, psnr_range
 
-    import comfy_runtime
+    from devkit import comfy_runtime
+    from devkit.guidance_setup import Runner, degraded_photo, psnr, psnr_range
+    from devkit.model_factory import MODELS_DIR
 
     comfy_runtime.start(Path(tempfile.mkdtemp(prefix="diffbir-fidelity-")) / "in-process", MODELS_DIR)
     runner = Runner(comfy_runtime)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Restore images with DiffBIR through a headless ComfyUI: the main job of this pack.
 
-    .venv/bin/python scripts/restore.py --input photo.png --output restored/
-    .venv/bin/python scripts/restore.py --input folder/ --output out/ --task denoise --version v2 --steps 50
+    .venv/bin/python -m scripts.restore --input photo.png --output restored/
+    .venv/bin/python -m scripts.restore --input folder/ --output out/ --task denoise --version v2 --steps 50
 
 It starts ComfyUI's own ``main.py`` (the runtime scripts/setup.sh prepared, or COMFYUI_PATH) with
 this pack, loads the example workflow for the task and version (the same JSON users open in the
@@ -20,10 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import comfy_headless  # noqa: E402
-from diffbir_modules import downloads, weights  # noqa: E402  (plain Python: no ComfyUI import)
+from diffbir_modules import downloads, weights  # plain Python: no ComfyUI import
+from scripts import comfy_headless
 
 REPO = comfy_headless.REPO
 WORKFLOWS = REPO / "example_workflows"

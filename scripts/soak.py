@@ -4,7 +4,7 @@
 memory after a warm-up and at the end (goal: growth <= 2%), the outputs written and the interrupts
 the server reported.
 
-    .venv/bin/python scripts/soak.py --models-dir <a ComfyUI models folder> --prompts 100
+    .venv/bin/python -m scripts.soak --models-dir <a ComfyUI models folder> --prompts 100
 
 The models folder must hold the files the example workflows name (the test suite's random-weight
 stand-ins under the published names work). Face workflows use MTCNN (the facenet-pytorch weights), so
@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-import comfy_headless  # scripts/ is on the path when this file is run
+from scripts import comfy_headless
 
 WORKFLOWS = comfy_headless.REPO / "example_workflows"
 

@@ -2,8 +2,8 @@
 of UI-format workflow files, from the pack's weights catalogue, so the ComfyUI frontend can name (and,
 for .safetensors on Hugging Face, download) the missing files when someone opens a shared workflow.
 
-    .venv/bin/python scripts/stamp_workflow_models.py example_workflows/*.json        # rewrite in place
-    .venv/bin/python scripts/stamp_workflow_models.py --check example_workflows/*.json  # exit 1 if stale
+    .venv/bin/python -m scripts.stamp_workflow_models example_workflows/*.json        # rewrite in place
+    .venv/bin/python -m scripts.stamp_workflow_models --check example_workflows/*.json  # exit 1 if stale
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from diffbir_modules.weights import stamp_workflow_models  # noqa: E402
+from diffbir_modules.weights import stamp_workflow_models
 
 
 def main(argv=None) -> int:

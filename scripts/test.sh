@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command of the README: every test, in a real ComfyUI runtime (in process and headless
+# The test command (docs/development.md): every test, in a real ComfyUI runtime (in process and headless
 # server), with the environment scripts/setup.sh made (DIFFBIR_ENV names another one, e.g. a second
 # ComfyUI version). Extra arguments go to pytest.
 set -euo pipefail

@@ -1,8 +1,8 @@
 """Seams and colour of DiffBIR's tilings, measured on a real photo (scikit-image's data, no download).
 
-    .venv/bin/python scripts/tiling_quality.py --out docs/figures --json docs/figures/tiling_quality.json
+    .venv/bin/python -m scripts.tiling_quality --out docs/figures --json docs/figures/tiling_quality.json
 
-1. Seams of tiled sampling. The tiny random SD 2.x + IRControlNet of tests/model_factory.py restore
+1. Seams of tiled sampling. The tiny random SD 2.x + IRControlNet of devkit/model_factory.py restore
    scikit-image's astronaut (resized to 256 x 384) untiled and with DiffBIR Tiled Sampling (128 px
    tiles, stride 64) under the official gaussian weights and under uniform weights (v1's averaging);
    every output is decoded with the same untiled VAE. For each output: the mean squared gradient
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def start():
-    sys.path.insert(0, str(REPO / "tests"))
-    import comfy_runtime
-    import model_factory
+    from devkit import comfy_runtime, model_factory
 
     models_dir = model_factory.CACHE.parent / "test-comfy-models"
     comfy_runtime.start(Path(tempfile.mkdtemp(prefix="diffbir-quality-")) / "b", models_dir)

@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-import comfy_runtime  # noqa: E402
-import model_factory  # noqa: E402
-from comfy_runtime import comfy_headless  # noqa: E402
+from devkit import comfy_runtime, model_factory
+from devkit.model_factory import MODELS_DIR, install_model
+from scripts import comfy_headless
 
-# Models the tests put there (random weights, published layouts) are visible to both runtimes.
-MODELS_DIR = model_factory.CACHE.parent / "test-comfy-models"
 SCRATCH = Path(tempfile.mkdtemp(prefix="diffbir-tests-"))
 
 
@@ -34,19 +29,6 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(SCRATCH, ignore_errors=True)
-
-
-def install_model(folder: str, source: Path, name: str | None = None) -> str:
-    """Makes ``source`` visible as models/<folder>/<name> to both runtimes; returns the name."""
-    name = name or source.name
-    target = MODELS_DIR / folder / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():
-        if target.resolve() == source.resolve():
-            return name
-        target.unlink()
-    target.symlink_to(source.resolve())
-    return name
 
 
 @pytest.fixture(scope="session")

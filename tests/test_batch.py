@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS_DIR
 from PIL import Image
 
 import batch_data
 from batch import engine, seeds
 from batch.manifest import FILE_NAME
 from batch.workers import LocalPool
+from devkit.model_factory import MODELS_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "example_workflows" / "DiffBIR v2 denoising (SCUNet).json"

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS_DIR
 from PIL import Image
 
 import batch_data
 from batch import engine
 from batch.workers import LocalPool
+from devkit.model_factory import MODELS_DIR
 
 ray = pytest.importorskip("ray", reason="the scale extra is not installed: pip install -r requirements-scale.txt")
 pytest.importorskip("av", reason="the scale extra is not installed: pip install -r requirements-scale.txt")
-from batch.workers import RayPool  # noqa: E402
+from batch.workers import RayPool  # noqa: E402  (after the importorskip of the extra)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "example_workflows" / "DiffBIR v2 denoising (SCUNet).json"

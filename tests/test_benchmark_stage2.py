@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import benchmark_stage2  # scripts/ is on sys.path (comfy_runtime puts it there)
-from conftest import install_model
-
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
+from scripts import benchmark_stage2
 
 
 def test_case_runner_tiny(comfy):

@@ -22,12 +22,17 @@ def test_color_fix_equals_official(comfy):
 
 
 def test_color_fix_node_equals_official_up_to_the_final_clamp(comfy):
-    """The node works on IMAGE tensors and clamps its output to [0, 1]; the official code clamps at
-    the uint8 conversion, so after the clamp both agree."""
+    """The node on the official inputs (content outside [0, 1], as an unclamped decode gives it) against
+    the official outputs: equal with clamp off, and equal to the official output clamped to [0, 1]
+    (where the official code clamps, at its uint8 conversion) with clamp on. Bound: float32 rounding of
+    the same arithmetic, 1e-6 as above."""
     g = load_file(str(GOLDEN))
     node = comfy.node_class("DiffBIRColorFix")
-    content = g["content"].clamp(0, 1)
-    out = node.execute(content.movedim(1, -1), g["style"].movedim(1, -1), "wavelet").result[0]
-    color_fix = comfy.pack_module("diffbir_modules.color_fix")
-    expected = color_fix.wavelet_color_fix(content, g["style"]).clamp(0, 1).movedim(1, -1)
-    assert (out - expected).abs().max() < 1e-6
+    content, style = g["content"].movedim(1, -1), g["style"].movedim(1, -1)
+    for method, official in (("wavelet", g["wavelet"]), ("adain", g["adain"])):
+        official = official.movedim(1, -1)
+        unclamped = node.execute(content, style, method, clamp=False).result[0]
+        clamped = node.execute(content, style, method, clamp=True).result[0]
+        assert unclamped.shape == official.shape
+        assert (unclamped - official).abs().max() < 1e-6, method
+        assert (clamped - official.clamp(0, 1)).abs().max() < 1e-6, method

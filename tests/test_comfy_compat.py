@@ -4,9 +4,9 @@ version) works in both directions between our nodes and core ones."""
 
 import pytest
 import torch
-from conftest import install_model
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 GREY_IMAGE = {"class_type": "EmptyImage", "inputs": {"width": 24, "height": 16, "batch_size": 1, "color": 0x5080B0}}
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MODELS_DIR, SCRATCH, install_model
+from conftest import SCRATCH
 from PIL import Image
 
-import model_factory
-from comfy_runtime import comfy_headless
+from devkit import model_factory
+from devkit.model_factory import MODELS_DIR, install_model
+from scripts import comfy_headless
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

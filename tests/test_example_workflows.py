@@ -4,7 +4,7 @@ weights saved under the published file names and in the published layouts. The r
 sizes and 2 steps (set on the converted prompt) so they stay fast on a CPU; everything else is
 the workflow as shipped."""
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import face_data
-from comfy_runtime import comfy_headless
+from devkit import face_data
+from scripts import comfy_headless
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
@@ -21,10 +21,7 @@ ALL = sorted(p.name for p in EXAMPLES.glob("*.json"))
 
 
 def tool(name):
-    spec = importlib.util.spec_from_file_location(f"workflows_{name}", REPO / "tools" / "workflows" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"tools.workflows.{name}")
 
 
 def shrink(prompt: dict) -> dict:
@@ -67,7 +64,7 @@ def test_example_is_up_to_date(comfy_server, name):
     built = {**tool("general").workflows(info), **tool("faces").workflows(info)}
     assert title in built, f"{name} has no description in tools/workflows/"
     assert without_core_spare_outputs(built[title]) == without_core_spare_outputs(saved), (
-        f"{name} is out of date: run python tools/workflows/general.py / faces.py")
+        f"{name} is out of date: run python -m tools.workflows.general / tools.workflows.faces")
     for node in saved["nodes"]:  # shared workflows name their models for the web UI
         if node["type"] in ("CheckpointLoaderSimple", "DiffBIRIRControlNetLoader", "DiffBIRStage1Loader",
                             "DiffBIRPresetLoader"):

@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import install_model
 
-import face_data
-import model_factory
+from devkit import face_data, model_factory
+from devkit.model_factory import install_model
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -241,10 +240,21 @@ def test_retinaface_nodes_run_with_random_weights(comfy, retinaface_files, kind)
         assert preview.shape == image.shape
 
 
-def test_weight_errors_say_what_to_do(comfy):
+def test_weight_errors_say_what_to_do(comfy, tmp_path, monkeypatch):
+    import folder_paths
+
     face_models = comfy.pack_module("diffbir_modules.face_models")
-    with pytest.raises(FileNotFoundError, match="models/facedetection"):
-        face_models.fetch("no_such_detector.pth", "https://example.invalid/x.pth", allow_download=False)
+    weights = comfy.pack_module("diffbir_modules.weights")
+    empty = tmp_path / "facedetection"
+    empty.mkdir()
+    exts = folder_paths.folder_names_and_paths["facedetection"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "facedetection", ([str(empty)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    with pytest.raises(FileNotFoundError) as info:  # downloads.MissingWeightsError
+        face_models.load_parser(allow_download=False)
+    parsenet = weights.entry(face_models.PARSENET_KEY)
+    for part in (parsenet.filename, parsenet.urls[0], str(empty), "download_missing = false"):
+        assert part in str(info.value)
     detection = comfy.pack_module("diffbir_modules.face_detection")
     with pytest.raises(ValueError, match="not a RetinaFace file"):
         detection.build_retinaface({"out_mask_conv.conv2d.weight": torch.zeros(1)}, source="parsing_parsenet.pth")

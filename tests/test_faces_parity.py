@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import face_data
-import model_factory
+from devkit import face_data, model_factory
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "faces"
 SEEDS = {"retinaface_resnet50": 11, "retinaface_mobilenet0.25": 12, "parsenet": 13}

@@ -5,29 +5,27 @@ Here the restorations are stand-ins made of stock nodes on the random SD 2.x tes
 (chain="stock"); the DiffBIR chain itself comes from the other node families. The example workflow
 files (chain="diffbir") are checked against the node definitions when all their nodes are present."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import face_data
+from devkit import face_data
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
 
 
 def workflow_tools():
-    spec = importlib.util.spec_from_file_location("faces_workflows", REPO / "tools" / "workflows" / "faces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools.workflows import faces
+
+    return faces
 
 
 @pytest.mark.server
 def test_faces_in_the_wild_workflow_runs_headless(comfy_server, sd2_tiny):
-    from comfy_runtime import comfy_headless
+    from scripts import comfy_headless
 
     tools = workflow_tools()
     pixels = (face_data.astronaut()[0, ::2, ::2].numpy() * 255).round().astype(np.uint8)  # 256x256, one face

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from guidance_setup import Runner, degraded_photo, psnr
 from safetensors.torch import load_file
+
+from devkit.guidance_setup import Runner, degraded_photo, psnr
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "guidance"
 
@@ -22,7 +23,7 @@ def gm(comfy):
 
 @pytest.fixture(scope="module")
 def runner(comfy):
-    """The stage-2 graph on the tiny random models (tests/guidance_setup.py)."""
+    """The stage-2 graph on the tiny random models (devkit/guidance_setup.py)."""
     return Runner(comfy)
 
 
@@ -37,7 +38,7 @@ def tiny(runner):
 def _golden(name):
     path = GOLDEN / f"{name}.safetensors"
     if not path.exists():
-        pytest.fail(f"missing golden {path}; run .venv-official/bin/python tools/goldens/make_guidance.py")
+        pytest.fail(f"missing golden {path}; run .venv-official/bin/python -m tools.goldens.make_guidance")
     return load_file(str(path))
 
 
@@ -354,7 +355,7 @@ def test_guidance_with_tiled_sampling(runner):
     the whole latent. One window over everything equals untiled guidance; with 4 windows the
     guidance still pulls the latent toward the stage-1 latent, in either node order. (One window equals
     untiled to float rounding: the tiler blends x0 with weights that cancel.)"""
-    from guidance_setup import psnr_range
+    from devkit.guidance_setup import psnr_range
 
     _, stage1 = degraded_photo(128)
     with torch.inference_mode():

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 from PIL import Image
 
-from comfy_runtime import comfy_headless
+from scripts import comfy_headless
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_SOURCES = [REPO / "__init__.py", *sorted((REPO / "nodes").glob("*.py")),
@@ -147,7 +147,7 @@ def test_registry_archive_leaves_out_what_users_do_not_run():
                                                                    "requirements.txt", "docs/icon.svg"}
     needed |= {str(p.relative_to(REPO)) for p in (REPO / "example_workflows").iterdir()}
     assert needed <= shipped, f"left out of the archive: {sorted(needed - shipped)}"
-    assert not [f for f in shipped if f.split("/")[0] in ("tests", "tools", ".ci")], "tests or tools shipped"
+    assert not [f for f in shipped if f.split("/")[0] in ("tests", "tools", "devkit", ".ci")], "tests or tools shipped"
     assert not [f for f in shipped if f.startswith("docs/") and not f.endswith((".md", ".svg"))]
     # The archive is the code and text: 0.94 MB uncompressed, measured on comfy-cli's own archive
     # (`comfy node pack`: 84 files) when .comfyignore was written (the tests alone are 8.5 MB); 2 MB

@@ -8,12 +8,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import install_model
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 
-# -- helpers ---------------------------------------------------------------------------------------
 def stage1_image(b=1, h=64, w=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(b, 3, max(1, h // 16), max(1, w // 16), generator=g)
@@ -414,7 +413,7 @@ def test_beside_a_stock_controlnet(comfy, irc, tiny_models, prompts, stock_contr
             p, n = stock_apply.apply_controlnet(prompts[0], prompts[1], stock_controlnet, image, 0.7, 0.0, 1.0)
             pos2, neg2, _ = apply_node(comfy, tiny_models, prompts, image, positive=p, negative=n)
             expected_chain = ["IRControlNetControl", "ControlNet"]
-    assert [type(c).__name__ for c in irc._chain(pos2[0][1]["control"])] == expected_chain
+    assert [type(c).__name__ for c in irc.control._chain(pos2[0][1]["control"])] == expected_chain
     both = run_sampler(comfy, model, pos2, neg2, latent)
     assert torch.isfinite(both).all() and (both - alone).abs().max() > 1e-4
 
@@ -575,7 +574,7 @@ def test_attention_is_sdpa_whatever_the_global_cpu_choice(comfy, irc, monkeypatc
     monkeypatch.setattr(attention, "attention_pytorch", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     with torch.inference_mode():
         fast = net(x, hint, t, context)
-        monkeypatch.setattr(irc, "fast_attention_options", lambda: {})
+        monkeypatch.setattr(irc.network, "fast_attention_options", lambda: {})
         calls_before = len(calls)
         default = net(x, hint, t, context)
     overridden = global_choice != "attention_pytorch"

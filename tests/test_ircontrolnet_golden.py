@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import install_model
 from safetensors.torch import load_file
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "ircontrolnet"
 TOLERANCE = 1e-4  # max abs difference, fp32 on the CPU

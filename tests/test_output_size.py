@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import install_model
 from PIL import Image
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 
 def overshooting(b=1, h=37, w=53, seed=0):

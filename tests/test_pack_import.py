@@ -3,7 +3,7 @@ never just leave its nodes out silently."""
 
 import pytest
 
-from comfy_runtime import comfy_headless
+from scripts import comfy_headless
 
 
 @pytest.mark.server

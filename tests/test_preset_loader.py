@@ -6,7 +6,7 @@ weights in the published layouts), so nothing is downloaded and shared folders a
 import pytest
 import torch
 
-import model_factory
+from devkit import model_factory
 
 
 @pytest.fixture
@@ -65,10 +65,10 @@ def test_preset_loads_with_the_graph_loaders(comfy, isolated_folders):
     (isolated_folders["checkpoints"] / "v2-1_512-ema-pruned.safetensors").symlink_to(
         model_factory.sd2_checkpoint("tiny"))
     tiny_esrgan_x4(isolated_folders["upscale_models"] / "BSRNet.pth")
-    (isolated_folders["diffbir"] / "v2.pth").write_bytes(b"stand-in: not loaded in this test")
-    loaded = loading.load_preset("v2", "sr", allow_download=False, load_ircontrolnet=False)
+    torch.save(model_factory.ircontrolnet_state_dict("tiny"), isolated_folders["diffbir"] / "v2.pth")
+    loaded = loading.load_preset("v2", "sr", allow_download=False)
     assert type(loaded.model.model.model_config).__name__ == "SD20"
-    assert loaded.clip is not None and loaded.vae is not None
+    assert loaded.clip is not None and loaded.vae is not None and loaded.ircontrolnet is not None
     assert type(loaded.cleaner).__name__ == "ImageModelDescriptor" and loaded.cleaner.scale == 4
     assert loaded.background_cleaner is loaded.cleaner
     assert loaded.preset.steps == 50 and loaded.preset.cfg == 4.0 and "weird textures" in loaded.preset.negative

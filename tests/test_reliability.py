@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-import model_factory
-from comfy_runtime import comfy_headless
+from devkit import model_factory
+from scripts import comfy_headless
 
 pytestmark = pytest.mark.server
 PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"

@@ -1,30 +1,29 @@
-"""README's first command: scripts/restore.py restores images through a headless ComfyUI with an
-example workflow, finding the weights in a ComfyUI models folder (here: random weights under the
+"""The README's restore command (python -m scripts.restore) restores images through a headless ComfyUI
+with an example workflow, finding the weights in a ComfyUI models folder (here: random weights under the
 published names), and names missing weights with their URL and folder. A bad image in a folder is
 reported and the rest restored; inputs are never overwritten; outputs appear whole or not at all."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS_DIR
 from PIL import Image
+
+from devkit.model_factory import MODELS_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def restore_module():
-    spec = importlib.util.spec_from_file_location("restore_script", REPO / "scripts" / "restore.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from scripts import restore
+
+    return restore
 
 
 def run_restore(*args, timeout=1500):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "restore.py"), *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "scripts.restore", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -89,9 +88,9 @@ def test_restore_names_missing_weights(tmp_path):
     empty_models = tmp_path / "models"
     empty_models.mkdir()
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "restore.py"), "--input", str(tmp_path / "x.png"),
+        [sys.executable, "-m", "scripts.restore", "--input", str(tmp_path / "x.png"),
          "--output", str(tmp_path / "out"), "--version", "v2.1", "--models-dir", str(empty_models)],
-        capture_output=True, text=True, timeout=600)
+        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     message = result.stdout + result.stderr
     for name in ("sd2.1-base-zsnr-laionaes5.ckpt", "DiffBIR_v2.1.pt", "realesrgan_s4_swinir_100k.pth"):

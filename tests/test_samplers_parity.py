@@ -9,19 +9,30 @@ DiffBIR Colour Fix, node classes called in process. Control strength 0 is the pu
 schedule, text path); strength 1 adds the IRControlNet."""
 
 import json
+import re
 from pathlib import Path
 
-import golden_io
 import pytest
 import torch
 
-import model_factory
+from devkit import golden_io, model_factory
 
 pytestmark = pytest.mark.slow
 
 GOLDEN = Path(__file__).parent / "golden" / "samplers"
 LATENT_SCALE = 0.18215
 RESULTS = {}  # name -> measured max abs differences, printed at the end of the module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary():
+    """Prints every run's measured differences once the module is done (seen with pytest -s)."""
+    yield
+    for name, diffs in RESULTS.items():
+        print(f"{name}: latent {diffs['latent']:.1e} (relative {diffs['latent_rel']:.1e}), decoded "
+              f"{diffs['decoded']:.1e}, colour-fixed {diffs['color_fixed']:.1e}, vs official final "
+              f"{diffs['color_fixed_vs_official_final']:.1e}, "
+              f"unclamped pipeline {diffs['color_fixed_unclamped_decode']:.1e}")
 
 
 def golden(name):
@@ -211,9 +222,11 @@ def test_v21_noise_aug_run(comfy, models):
     assert_parity(compare(comfy, "v2.1 noise_aug 200", 1.0, ours, g))
 
 
-def test_print_summary():
-    for name, diffs in RESULTS.items():
-        print(f"{name}: latent {diffs['latent']:.1e} (relative {diffs['latent_rel']:.1e}), decoded "
-              f"{diffs['decoded']:.1e}, colour-fixed {diffs['color_fixed']:.1e}, vs official final "
-              f"{diffs['color_fixed_vs_official_final']:.1e}, "
-              f"unclamped pipeline {diffs['color_fixed_unclamped_decode']:.1e}")
+def test_every_official_run_has_a_parity_test():
+    """Each official run the golden maker writes is read by a test (this module or another): a run file
+    that no test reads would otherwise go unchecked."""
+    runs = {p.stem for p in GOLDEN.glob("run_*.safetensors")}
+    sources = "\n".join(t.read_text() for t in Path(__file__).parent.glob("test_*.py"))
+    read = set(re.findall(r'"(run_\w+)"', sources))
+    assert runs, f"no official runs in {GOLDEN}: run .venv-official/bin/python -m tools.goldens.make_samplers"
+    assert runs <= read, f"official runs no test reads: {sorted(runs - read)}"

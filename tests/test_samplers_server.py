@@ -6,10 +6,10 @@ test_samplers_parity.py; this checks the nodes validate, wire and run under main
 
 import numpy as np
 import pytest
-from conftest import install_model
 from PIL import Image
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 SEED = 231
 

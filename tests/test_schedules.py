@@ -26,6 +26,11 @@ def smp(comfy):
     return comfy.pack_module("diffbir_modules.sampling")
 
 
+@pytest.fixture(scope="module")
+def sd_model(comfy):
+    return comfy.pack_module("diffbir_modules.sd_model")
+
+
 def f32(x):
     return torch.tensor(np.asarray(x), dtype=torch.float32)
 
@@ -113,14 +118,14 @@ def stock_model_sampling(sampling: str, zsnr: bool):
 
 @pytest.mark.parametrize("version,prediction,zsnr", [("v1", "eps", False), ("v2", "eps", False),
                                                      ("v2.1", "v", True)])
-def test_model_sampling_equals_stock_model_sampling_discrete(smp, sch, version, prediction, zsnr):
+def test_model_sampling_equals_stock_model_sampling_discrete(smp, sch, sd_model, version, prediction, zsnr):
     """DiffBIR Model Sampling = stock ModelSamplingDiscrete(eps | v_prediction, zsnr) for SD 2.x: the
     same sigma table to float32 rounding, the same sigma_max stand-in for v2.1, the same c_in/c_out."""
     import comfy.model_sampling
 
     ours = smp.make_model_sampling(version)
     stock = stock_model_sampling(prediction, zsnr)
-    assert smp.prediction_of(ours) == prediction and ours.zsnr == zsnr
+    assert sd_model.prediction_of(ours) == prediction and ours.zsnr == zsnr
     assert isinstance(ours, comfy.model_sampling.V_PREDICTION) == (prediction == "v")
     rel = ((ours.sigmas.double() - stock.sigmas.double()).abs() / stock.sigmas.double()).max()
     assert rel < 2e-6, rel

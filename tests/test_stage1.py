@@ -6,10 +6,10 @@ import logging
 
 import pytest
 import torch
-from conftest import install_model
 from safetensors.torch import save_file
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
 FILES = list(model_factory.STAGE1_FILES)
 

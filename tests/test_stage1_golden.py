@@ -6,13 +6,12 @@ UpscaleModelLoader (spandrel)."""
 import json
 from pathlib import Path
 
-import golden_io
 import numpy as np
 import pytest
 import torch
-from conftest import install_model
 
-import model_factory
+from devkit import golden_io, model_factory
+from devkit.model_factory import install_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "stage1"
 FLOAT_TOL = 1e-4  # max abs difference per pixel, fp32 CPU (reached: see docs/stage1.md)

@@ -11,9 +11,10 @@ import json
 import os
 from pathlib import Path
 
-import golden_io
 import pytest
 import torch
+
+from devkit import golden_io
 
 GOLDEN = Path(__file__).parent / "golden" / "tiling"
 LATENT_SCALE = 0.18215
@@ -79,8 +80,8 @@ SLOW = pytest.mark.skipif(not os.environ.get("DIFFBIR_SLOW_TESTS"), reason=(
 @pytest.mark.parametrize("name, tile_batch", [("run_v2_spaced_tiled", 4),
                                               pytest.param("run_v21_edm_euler_tiled", 1, marks=SLOW)])
 def test_tiled_run_matches_the_official(comfy, models, name, tile_batch):
-    if not (GOLDEN / f"{name}.safetensors").exists():
-        pytest.skip(f"{name}.safetensors not generated (tools/goldens/make_tiling.py)")
+    assert (GOLDEN / f"{name}.safetensors").exists(), (
+        f"missing golden {name}.safetensors: run .venv-official/bin/python -m tools.goldens.make_tiling {name}")
     g, meta = golden(name)
     ours, condition = run_ours(comfy, models, meta, tile_batch)
     assert (condition - g["c_img"]).abs().max() < 1e-4

@@ -4,11 +4,10 @@ Tiny random models (the tiny UNet never downsamples, so 8x8-latent tiles work), 
 
 import pytest
 import torch
-from conftest import install_model
 
-import model_factory
+from devkit import model_factory
+from devkit.model_factory import install_model
 
-# 128 x 192 px image -> 16 x 24 latent; tile 64 px / stride 32 px -> 8 x 8 latent windows every 4
 H, W = 128, 192
 
 
@@ -313,10 +312,6 @@ def test_bad_tile_settings_name_the_valid_values(comfy, models, tile, stride, me
 def test_guidance_and_tiling_together(comfy, models):
     """Restoration guidance (a post-CFG x0 patch on the whole latent) with tiled sampling: it runs, and
     the result gets closer to the stage-1 image's latent as the guidance scale rises (0 < 0.01 < 0.03)."""
-    from comfy_runtime import _state
-
-    if "DiffBIRRestorationGuidance" not in _state["nodes"].NODE_CLASS_MAPPINGS:
-        pytest.skip("the guidance branch is not merged here (recipe: see this test)")
     pos, neg, latent = applied(comfy, models)
     image = stage1_image(1, H, W, 0)
     with torch.inference_mode():

@@ -14,11 +14,11 @@ import re
 import time
 from pathlib import Path
 
-import browser
 import pytest
 from PIL import Image, PngImagePlugin
 
-from comfy_runtime import comfy_headless
+import browser
+from scripts import comfy_headless
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"

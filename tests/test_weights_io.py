@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import model_factory
+from devkit import model_factory
 
 TENSORS = {"conv.weight": torch.arange(12.0).reshape(3, 4), "conv.bias": torch.ones(3)}
 

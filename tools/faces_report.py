@@ -1,7 +1,7 @@
 """Measured figures for docs/faces.md: parity with the official helper (the golden files of
 tools/goldens/make_faces.py), the astronaut round trip, and the seam figure (docs/faces_seam.png).
 
-    .venv/bin/python tools/faces_report.py [--figure docs/faces_seam.png]
+    .venv/bin/python -m tools.faces_report [--figure docs/faces_seam.png]
 
 Uses the pack's modules directly (pure torch, no ComfyUI needed) and MTCNN's weights from the
 installed facenet-pytorch package.
@@ -13,19 +13,16 @@ import argparse
 import importlib.util
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from devkit import face_data, model_factory
+from diffbir_modules import face_detection, face_geometry, face_parsing, faces
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-import face_data  # noqa: E402
-import model_factory  # noqa: E402
-from diffbir_modules import face_detection, face_geometry, face_parsing, faces  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "faces"
 

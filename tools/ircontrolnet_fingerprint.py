@@ -1,19 +1,17 @@
 """Print the content fingerprint, wrapper and network size of IRControlNet files, for filling
-``KNOWN_FINGERPRINTS`` in diffbir_modules/ircontrolnet.py (the pack identifies versions by it).
+``KNOWN_FINGERPRINTS`` in diffbir_modules/ircontrolnet/loading.py (the pack identifies versions by it).
 
-    .venv/bin/python tools/ircontrolnet_fingerprint.py weights/v2.pth weights/DiffBIR_v2.1.pt ...
+    .venv/bin/python -m tools.ircontrolnet_fingerprint weights/v2.pth weights/DiffBIR_v2.1.pt ...
 """
 
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
 
 
 def main(paths: list[str]) -> None:
-    import comfy_runtime
+    from devkit import comfy_runtime
 
     comfy_runtime.prepare_imports()
     from diffbir_modules import ircontrolnet as irc

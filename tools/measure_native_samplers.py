@@ -1,7 +1,7 @@
 """How close ComfyUI's own samplers/schedulers come to the official DiffBIR samplers (the figures of
 docs/samplers.md). Run from the repository root with the test environment (scripts/setup.sh):
 
-    .venv/bin/python tools/measure_native_samplers.py
+    .venv/bin/python -m tools.measure_native_samplers
 
 Two measurements, both against the official code's own outputs in tests/golden/samplers/:
 1. whole runs (run_*.safetensors: the small random SD 2.x checkpoint + random IRControlNet, strength
@@ -15,16 +15,14 @@ Prints a markdown table: max |ours - official| of the latent, and its ratio to m
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from devkit import comfy_runtime, model_factory
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import comfy_runtime  # noqa: E402
-import model_factory  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "samplers"
 LATENT_SCALE = 0.18215
@@ -51,7 +49,8 @@ def main():
     comfy_runtime.start(base, models_dir)
     import comfy.k_diffusion.sampling as kds
     import comfy.samplers
-    from conftest import install_model
+
+    from devkit.model_factory import install_model
 
     sampling = comfy_runtime.pack_module("diffbir_modules.sampling")
 
@@ -147,8 +146,7 @@ def main():
     row("v2.1 edm_dpm++_3m_sde, 4 steps", "stock dpmpp_3m_sde + simple (ComfyUI's Brownian seed)", z, official)
 
     # -- analytic network, more steps -----------------------------------------------------------
-    sys.path.insert(0, str(REPO / "tests"))
-    import test_samplers as ts
+    from devkit import analytic_sampling as ts
 
     analytic = load_file(str(GOLDEN / "analytic.safetensors"))
     for version, key in (("v2", "v2"), ("v2.1", "v21")):

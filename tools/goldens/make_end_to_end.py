@@ -4,9 +4,9 @@ whole, from the 8-bit low-quality image to the 8-bit result, on the test models'
 Run with the golden environment (tools/goldens/setup.sh), after the test models exist (they are
 built with ComfyUI's modules, so with the test venv):
 
-    .venv/bin/python -c "import sys, torch; sys.path.insert(0, 'tests'); import model_factory as m; \
+    .venv/bin/python -c "import torch; from devkit import model_factory as m; \
 m.sd2_checkpoint('small', dtype=torch.float32); m.ircontrolnet_file('small')"
-    .venv-official/bin/python tools/goldens/make_end_to_end.py [case ...]
+    .venv-official/bin/python -m tools.goldens.make_end_to_end [case ...]
 
 Each case is what the official ``inference.py`` does for one image (its inference loop's
 ``after_load_lq``, then ``Pipeline.run`` of the pipeline class it picks), with the settings of the
@@ -28,16 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from devkit import model_factory
+from diffbir_modules import prompts
+from tools.goldens import official
+from tools.goldens.make_stage1 import official_cleaner
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
-import official  # noqa: E402
-from make_stage1 import official_cleaner  # noqa: E402
-
-import model_factory  # noqa: E402
-from diffbir_modules import prompts  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "end_to_end"
 SEED = 231  # the shipped workflows' noise seed (the official CLI default)

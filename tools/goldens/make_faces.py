@@ -1,8 +1,8 @@
 """Golden fixtures for the face nodes, made by running the official DiffBIR face helper
 (``diffbir/utils/face.py`` at main 3f8b530) and the facexlib networks it uses, on random weights from
-tests/model_factory.py (the tests rebuild the same weights) and on scikit-image's astronaut.
+devkit/model_factory.py (the tests rebuild the same weights) and on scikit-image's astronaut.
 
-    .venv-official/bin/python tools/goldens/make_faces.py
+    .venv-official/bin/python -m tools.goldens.make_faces
 
 Writes tests/golden/faces/*.npz. Official code is run as it is, with two stand-ins where it cannot
 run here: the helper's model initialisers (they download weights) return facexlib's own RetinaFace /
@@ -14,19 +14,16 @@ run; the network itself is compared separately at a small size.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from devkit import model_factory
+from tools.goldens import official
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-import official  # noqa: E402
-
-import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "faces"
 SEED_RESNET, SEED_MOBILE, SEED_PARSE = 11, 12, 13

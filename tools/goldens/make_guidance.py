@@ -4,8 +4,8 @@ code (tag v2.0.0, commit 3464638: utils/cond_fn.py, utils/sampler.py, model/cldm
 Run with the golden environment (tools/goldens/setup.sh), after the small random SD 2.x checkpoint
 exists (it is built with ComfyUI's modules, so with the test venv):
 
-    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import model_factory as m; m.sd2_checkpoint('small')"
-    .venv-official/bin/python tools/goldens/make_guidance.py
+    .venv/bin/python -c "from devkit import model_factory as m; m.sd2_checkpoint('small')"
+    .venv-official/bin/python -m tools.goldens.make_guidance
 
 What it writes:
 - math.safetensors: the official guidance maths on given tensors, no diffusion: the w_mse weight map,
@@ -27,13 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devkit import model_factory
+from tools.goldens import official
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-import official  # noqa: E402
-
-import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "guidance"
 SEED = 231

@@ -1,9 +1,9 @@
 """Golden fixtures for the IRControlNet: the official ControlLDM (main 3f8b530,
 ``diffbir/model/cldm.py`` with ``configs/inference/cldm.yaml``) run on small random weights.
 
-Run with the golden environment: ``.venv-official/bin/python tools/goldens/make_ircontrolnet.py``.
+Run with the golden environment: ``.venv-official/bin/python -m tools.goldens.make_ircontrolnet``.
 
-The UNet/ControlNet config is cldm.yaml with the sizes of tests/model_factory.py's "small" variant
+The UNet/ControlNet config is cldm.yaml with the sizes of devkit/model_factory.py's "small" variant
 (model_channels 320, channel_mult [1, 2], num_res_blocks 1, attention at both levels, transformer
 depth 1, context 1024, num_head_channels 64); the VAE is cldm.yaml's. Weights are exactly the ones
 the tests load into ComfyUI: the UNet and VAE from ``model_factory.sd2_checkpoint("small")`` (fp16
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
+from tools.goldens import official
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import official  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "ircontrolnet"
 VERSION = "main"
@@ -39,7 +38,7 @@ VERSION = "main"
 
 def build_test_weights() -> tuple[Path, Path]:
     """The test checkpoints, built (or found in the cache) by model_factory in the project's venv."""
-    code = ("import sys; sys.path.insert(0, 'tests'); import model_factory as m; "
+    code = ("from devkit import model_factory as m; "
             "print(m.sd2_checkpoint('small')); print(m.ircontrolnet_file('small', fmt='safetensors'))")
     out = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()

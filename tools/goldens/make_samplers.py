@@ -3,8 +3,8 @@
 Run with the golden environment (tools/goldens/setup.sh), after the small random SD 2.x checkpoint
 exists (it is built with ComfyUI's modules, so with the test venv):
 
-    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import model_factory as m; m.sd2_checkpoint('small')"
-    .venv-official/bin/python tools/goldens/make_samplers.py
+    .venv/bin/python -c "from devkit import model_factory as m; m.sd2_checkpoint('small')"
+    .venv-official/bin/python -m tools.goldens.make_samplers
 
 What it writes (all from the official `main` commit unless said):
 - schedules.npz: training betas (v2, v2.1), respaced ``spaced`` tables and EDM sigma/timestep tables
@@ -22,6 +22,7 @@ What it writes (all from the official `main` commit unless said):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -29,13 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devkit import model_factory
+from tools.goldens import official
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-import official  # noqa: E402
-
-import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "samplers"
 SEED = 231  # the official CLI's default seed
@@ -160,15 +159,13 @@ def make_colorfix():
     style = torch.nn.functional.interpolate(torch.rand(2, 3, 5, 7, generator=g), size=(40, 56), mode="bilinear")
     style = (style * 0.8 + torch.rand(2, 3, 40, 56, generator=g) * 0.2)
     tensors = {"content": content, "style": style, "wavelet": wavelet_reconstruction(content, style)}
-    root = official.source("v1a")
-    sys.path.insert(0, str(root / "utils" / "image"))
-    try:
-        import align_color  # v1's utils/image/align_color.py (imports only torch, PIL, torchvision transforms)
-
-        tensors["adain"] = align_color.adaptive_instance_normalization(content, style)
-        tensors["wavelet_v1"] = align_color.wavelet_reconstruction(content, style)
-    finally:
-        sys.path.remove(str(root / "utils" / "image"))
+    # v1's utils/image/align_color.py, loaded from its file (it imports only torch, PIL, torchvision).
+    path = official.source("v1a") / "utils" / "image" / "align_color.py"
+    spec = importlib.util.spec_from_file_location("official_v1_align_color", path)
+    align_color = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(align_color)
+    tensors["adain"] = align_color.adaptive_instance_normalization(content, style)
+    tensors["wavelet_v1"] = align_color.wavelet_reconstruction(content, style)
     return tensors
 
 

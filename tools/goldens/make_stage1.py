@@ -1,7 +1,7 @@
 """Golden fixtures for stage 1 (degradation removal): the official DiffBIR code run on the small
-random-weight stage-1 files of tests/model_factory.py, saved to tests/golden/stage1/.
+random-weight stage-1 files of devkit/model_factory.py, saved to tests/golden/stage1/.
 
-    .venv-official/bin/python tools/goldens/make_stage1.py [file.npz ...]
+    .venv-official/bin/python -m tools.goldens.make_stage1 [file.npz ...]
 
 What runs is the official code itself: the inference loops' ``after_load_lq`` (the PIL pre-upscale),
 ``SwinIRPipeline`` / ``BSRNetPipeline`` / ``SCUNetPipeline.apply_cleaner`` (main = v2.1.0 + fixes;
@@ -11,7 +11,7 @@ the official networks loaded ``strict=True`` from the published-format files, an
 class differs only by being a LightningModule). The only lines written here are the ones that glue
 them together as the official scripts do (uint8 -> float /255, the v1 ``ceil`` pre-resize line).
 
-Files (each well under 1 MB; big outputs are summarised by tests/golden_io.py):
+Files (each well under 1 MB; big outputs are summarised by devkit/golden_io.py):
 - tiling.npz: sliding windows, gaussian weights, make_tiled_fn on synthetic functions;
 - networks.npz: each official network on a small input (full outputs);
 - pipeline_<swinir|bsrnet|scunet|v1_release>.npz: every official stage-1 pipeline case in CASES (+ the
@@ -32,14 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from devkit import golden_io, model_factory
+from tools.goldens import official
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-import golden_io  # noqa: E402
-import official  # noqa: E402
-
-import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "stage1"
 

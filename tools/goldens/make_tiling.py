@@ -1,7 +1,7 @@
 """Golden fixture for tiled sampling (tests/golden/tiling/), made by the official DiffBIR code.
 
-    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import model_factory as m; m.sd2_checkpoint('small')"
-    .venv-official/bin/python tools/goldens/make_tiling.py
+    .venv/bin/python -c "from devkit import model_factory as m; m.sd2_checkpoint('small')"
+    .venv-official/bin/python -m tools.goldens.make_tiling [run name ...]
 
 One official ``Pipeline.apply_cldm`` run (main 3f8b530) with ``--cldm_tiled --cldm_tile_size 512
 --cldm_tile_stride 256`` on a 576 x 576 stage-1 image (larger than the tile on both sides, so the
@@ -22,14 +22,11 @@ from pathlib import Path
 
 import torch
 
+from devkit import model_factory
+from tools.goldens import make_samplers, official
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-import make_samplers  # noqa: E402
-import official  # noqa: E402
-
-import model_factory  # noqa: E402
 
 OUT = REPO / "tests" / "golden" / "tiling"
 SEED = 231
@@ -89,8 +86,13 @@ def run(cldm, version, sampler, cfg, pos, neg):
     return {"c_img": captured["c_img"], "z": captured["z"], "draws": torch.stack(rec.draws)}, calls, cond_img
 
 
-def main():
+def main(names: list[str]):
+    """Makes the runs ``names`` (default: all of RUNS)."""
     from safetensors.torch import load_file, save_file
+
+    unknown = set(names) - set(RUNS)
+    if unknown:
+        raise SystemExit(f"unknown run(s) {sorted(unknown)}; choose from {sorted(RUNS)}")
 
     official.activate("main")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,8 @@ def main():
     if not checkpoint.exists():
         raise SystemExit(f"missing {checkpoint}: build it first (see this script's docstring)")
     cldm, controlnet_shapes = make_samplers.build_cldm(load_file(str(checkpoint)))
-    for name, (version, sampler, cfg, pos, neg) in RUNS.items():
+    for name in names or RUNS:
+        version, sampler, cfg, pos, neg = RUNS[name]
         tensors, calls, cond_img = run(cldm, version, sampler, cfg, pos, neg)
         meta = {"version": version, "sampler": sampler, "cfg": str(cfg), "steps": str(STEPS), "seed": str(SEED),
                 "positive": pos, "negative": neg, "tile": str(TILE), "stride": str(STRIDE), "size": str(SIZE),
@@ -111,4 +114,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

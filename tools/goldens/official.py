@@ -2,14 +2,16 @@
 fixtures: small random weights in the published layouts, official outputs saved under tests/golden/.
 
 Nothing of the official repository is copied into this project. ``source(version)`` extracts the
-given commit from a local clone (DIFFBIR_OFFICIAL_GIT: a git directory, by default the mirror the
-session tools fetch) into .cache/official/<version>/ and ``activate(version)`` puts it first on
-sys.path with the small run-time fixes CPU-only torch needs (see the project's reference notes):
+given commit from a local clone (DIFFBIR_OFFICIAL_GIT: a git directory, by default .cache/official-git
+in this repository, made by ``git clone --mirror https://github.com/XPixelGroup/DiffBIR .cache/official-git``)
+into .cache/official/<version>/ and ``activate(version)`` puts it first on sys.path (a source tree at
+a chosen commit, not an installed package) with the small run-time fixes CPU-only torch needs (see
+the project's reference notes):
 - ``torch.Tuple`` (used as an annotation by diffbir/sampler/edm_sampler.py) aliased to typing.Tuple;
 - ``VRAMPeakMonitor`` (calls torch.cuda.synchronize unconditionally) replaced by a no-op.
 
 Run generators with the golden environment: ``tools/goldens/setup.sh`` then
-``.venv-official/bin/python tools/goldens/make_<what>.py``.
+``.venv-official/bin/python -m tools.goldens.make_<what>`` from the repository root.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from io import BytesIO
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-OFFICIAL_GIT = Path(os.environ.get("DIFFBIR_OFFICIAL_GIT", "/work/.mirror/XPixelGroup+DiffBIR/repo"))
+OFFICIAL_GIT = Path(os.environ.get("DIFFBIR_OFFICIAL_GIT", REPO / ".cache" / "official-git"))
 CACHE = REPO / ".cache" / "official"
 
 # The commits the reference notes describe.
@@ -46,8 +48,10 @@ def source(version: str) -> Path:
     if (target / ".extracted").exists():
         return target
     if not OFFICIAL_GIT.exists():
-        raise FileNotFoundError(f"no clone of the official DiffBIR repository at {OFFICIAL_GIT}; "
-                                "set DIFFBIR_OFFICIAL_GIT to a git directory of github.com/XPixelGroup/DiffBIR")
+        raise FileNotFoundError(
+            f"tools/goldens/official.py: no clone of the official DiffBIR repository at {OFFICIAL_GIT}. "
+            "Make one with `git clone --mirror https://github.com/XPixelGroup/DiffBIR .cache/official-git`, "
+            "or set DIFFBIR_OFFICIAL_GIT to the git directory of an existing clone")
     archive = subprocess.run(["git", f"--git-dir={OFFICIAL_GIT}", "archive", COMMITS[version]],
                              check=True, capture_output=True).stdout
     target.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ missing downloads.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -199,10 +198,7 @@ def dumps(workflow: dict) -> str:
 
 def live_object_info() -> dict:
     """The node definitions of a headless ComfyUI with this pack (``/object_info``)."""
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    import comfy_headless
+    from scripts import comfy_headless
 
     with comfy_headless.ComfyServer(comfy_headless.make_base_directory(comfy_headless.scratch_base())) as server:
         return server.object_info()

@@ -13,7 +13,7 @@ ircontrolnet / samplers / userready areas);
 ``chain="stock"`` replaces each restoration by stock nodes (VAE encode -> KSampler img2img -> decode
 for the faces, a bicubic upscale for the background) so the face nodes can be exercised without them.
 
-    python tools/workflows/faces.py [--chain diffbir|stock] [--out example_workflows]
+    python -m tools.workflows.faces [--chain diffbir|stock] [--out example_workflows]
 
 starts a headless ComfyUI with this pack for the node definitions and writes the JSON files.
 """
@@ -21,16 +21,13 @@ starts a headless ComfyUI with this pack for the node definitions and writes the
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
-from builder import Node, build, live_object_info, note, write  # noqa: E402
-from general import official_finish  # noqa: E402
+from diffbir_modules import weights
+from tools.workflows.builder import Node, build, live_object_info, note, write
+from tools.workflows.general import official_finish
 
-from diffbir_modules import weights  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 DETECTOR_FILES = {"retinaface_resnet50": "retinaface_resnet50", "retinaface_mobilenet0.25": "retinaface_mobilenet"}
 

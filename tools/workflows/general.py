@@ -3,7 +3,7 @@ built into UI-format JSON with builder.py. Each one wires the explicit loaders s
 piece: the stage-1 cleaner (degradation removal), SD 2.1 from ComfyUI's own checkpoint loader, the
 IRControlNet, the official prompts and the official sampler of its version.
 
-    python tools/workflows/general.py [--out example_workflows]
+    python -m tools.workflows.general [--out example_workflows]
 
 starts a headless ComfyUI with this pack for the node definitions and writes the JSON files (the face
 workflows come from tools/workflows/faces.py).
@@ -12,15 +12,12 @@ workflows come from tools/workflows/faces.py).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
-from builder import Node, build, live_object_info, note, write  # noqa: E402
+from diffbir_modules import presets, weights
+from tools.workflows.builder import Node, build, live_object_info, note, write
 
-from diffbir_modules import presets, weights  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SEED = 231  # the official default seed
 

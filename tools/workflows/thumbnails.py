@@ -4,7 +4,7 @@ from the web UI screenshot that tests/test_web_ui.py saves of the workflow (the 
 the web UI around it) and scaled down.
 
     DIFFBIR_SCREENSHOTS_DIR=docs/images/workflows ./scripts/test.sh tests/test_web_ui.py
-    .venv/bin/python tools/workflows/thumbnails.py [--screenshots docs/images/workflows]
+    .venv/bin/python -m tools.workflows.thumbnails [--screenshots docs/images/workflows]
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def shapes_of(module: torch.nn.Module) -> dict:
 
 # -- SD 2.x ------------------------------------------------------------------------------------
 def _comfy():
-    import comfy_runtime
+    from devkit import comfy_runtime
 
     comfy_runtime.prepare_imports()
     import comfy.ldm.models.autoencoder
@@ -540,3 +540,21 @@ def stage1_file(name: str, variant: str = "small", seed: int | None = None) -> P
         payload = {"state_dict": sd, "epoch": 0, "global_step": 1000, "pytorch-lightning_version": "1.4.2"}
     _atomic_save(lambda p: torch.save(payload, str(p)), path)
     return path
+
+
+# The models folder the test runtimes and the dev scripts share: models put there (random weights,
+# published layouts) are visible to both ComfyUI runtimes.
+MODELS_DIR = CACHE.parent / "test-comfy-models"
+
+
+def install_model(folder: str, source: Path, name: str | None = None) -> str:
+    """Makes ``source`` visible as models/<folder>/<name> to both runtimes; returns the name."""
+    name = name or source.name
+    target = MODELS_DIR / folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.resolve() == source.resolve():
+            return name
+        target.unlink()
+    target.symlink_to(source.resolve())
+    return name

@@ -10,14 +10,12 @@ them (one copy only: ComfyUI names a custom node package by its path).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from scripts import comfy_headless
 from scripts.comfy_inprocess import PromptError, _state, pack_module, prepare_imports, run_prompt, start
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import comfy_headless  # noqa: E402
 
 __all__ = ["PromptError", "call_node", "comfy_headless", "node_class", "pack_module", "prepare_imports", "run_prompt",
            "start"]

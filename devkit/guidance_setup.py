@@ -47,9 +47,9 @@ class Runner:
 
     def __init__(self, comfy, variant="tiny"):
         import torch
-        from conftest import install_model
 
-        import model_factory
+        from devkit import model_factory
+        from devkit.model_factory import install_model
 
         self.comfy = comfy
         self.torch = torch

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import model_factory
+from devkit import model_factory
 
 DATA = model_factory.CACHE.parent / "test-data"
 INSIGHTFACE = "insightface==2.1"

@@ -1,0 +1,433 @@
+"""Side-by-side benchmark: the official DiffBIR code and this pack restore the same image with the same
+random full-size weights on the same machine, one after the other, and the report gives per-stage
+time and peak memory for both and their ratios (pack / official: below 1 is faster or smaller).
+
+    .venv/bin/python -m scripts.benchmark_vs_official                      # 512x512 v2.1 x4, 10 steps, CPU
+    .venv/bin/python -m scripts.benchmark_vs_official --size 2048 --tiled  # large image, tiled both sides
+    .venv/bin/python -m scripts.benchmark_vs_official --variant small --steps 2 --size 256   # quick check
+
+Needs the official code's environment beside the pack's (``scripts/setup.sh``): ``.venv-official``
+(``tools/goldens/setup.sh``) and a clone of the official repository (tools/goldens/official.py says
+where); the official code runs at its pinned commit.
+
+What runs, per side, in a fresh process each (so peak memory is its own), sides alternating for
+``--rounds`` rounds so that background load hits both alike:
+- the official v2.1 path: ``BSRInferenceLoop.after_load_lq`` (PIL bicubic x4) and
+  ``SwinIRPipeline.run`` with the v2.1 defaults (EDM DPM++ 3M SDE, cfg 6, wavelet colour fix, final
+  bicubic resize), fp32 on the CPU (``--precision`` on a GPU);
+- the pack: the shipped workflow "DiffBIR v2.1 super-resolution (SwinIR)" (or "... large images
+  (tiled)" with ``--tiled``) as a user gets it, executed by ComfyUI's own executor in process with
+  ComfyUI's default settings (its text encoder in fp16 included).
+Each process restores twice (two different crops): a one-step warm-up run that loads the weights,
+then the reported run (weights loaded, as in a batch or a second press of Run; the pack's executor
+keeps the text encoding of unchanged prompts, the official code encodes them again).
+
+Stages: stage 1 (cleaner), text encoding, VAE encode, sampling (also per cfg step: the median over
+steps of one step's model calls, cond + uncond), VAE decode, colour fix + resize. Peak memory: the
+process's peak resident set (Linux VmHWM, reset at each stage) and, on CUDA, max_memory_allocated.
+Weights: the random-weight models of tests/model_factory.py in the published layouts ("full": the
+sizes of SD 2.1, DiffBIR_v2.1.pt and realesrgan_s4_swinir_100k.pth; built once, cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = 231
+STAGE1 = "realesrgan_s4_swinir_100k.pth"
+WORKFLOWS = {False: "DiffBIR v2.1 super-resolution (SwinIR)", True: "DiffBIR v2.1 large images (tiled)"}
+STAGES = ("stage1", "text", "vae_encode", "sampling", "vae_decode", "colour_fix_resize")
+# The pack's node types -> stage (nodes not listed, loaders and the like, count as "other").
+NODE_STAGES = {
+    "DiffBIRDegradationRemoval": "stage1",
+    "DiffBIRTextEncode": "text", "CLIPTextEncode": "text",
+    "DiffBIRApplyIRControlNet": "vae_encode", "DiffBIRVAEEncodeTiled": "vae_encode",
+    "SamplerCustomAdvanced": "sampling", "SamplerCustom": "sampling", "KSampler": "sampling",
+    "DiffBIRTiledSampling": "sampling",
+    "DiffBIRVAEDecodeTiled": "vae_decode", "VAEDecode": "vae_decode",
+    "DiffBIRCropToStage1": "colour_fix_resize", "DiffBIRColorFix": "colour_fix_resize",
+    "DiffBIRResizeToOutputSize": "colour_fix_resize",
+}
+
+
+# --- memory and clocks (both sides) -------------------------------------------------------------------
+
+def _vm(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> None:
+    """Starts a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM to the current RSS)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak() -> dict:
+    import torch
+
+    out = {"peak_rss": _vm("VmHWM"), "rss": _vm("VmRSS")}
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        out["cuda_peak"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def now() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class StageClock:
+    """Accumulates wall time and the peak memory per stage of one run."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+        self.steps: list[float] = []
+
+    def add(self, stage: str, seconds: float, memory: dict) -> None:
+        entry = self.stages.setdefault(stage, {"s": 0.0, "peak_rss": 0, "cuda_peak": 0})
+        entry["s"] += seconds
+        entry["peak_rss"] = max(entry["peak_rss"], memory.get("peak_rss") or 0)
+        entry["cuda_peak"] = max(entry["cuda_peak"], memory.get("cuda_peak") or 0)
+
+    def timed(self, stage: str, fn):
+        def wrapper(*args, **kwargs):
+            reset_peak()
+            start = now()
+            out = fn(*args, **kwargs)
+            self.add(stage, now() - start, peak())
+            return out
+        return wrapper
+
+
+def test_image(size: int, shift: int):
+    """A size x size crop of scikit-image's astronaut, downscaled x4 (the low-quality input);
+    ``shift`` picks another crop so a second run recomputes every node."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC) if size > 512 else \
+        Image.fromarray(np.ascontiguousarray(data.astronaut()[shift:shift + size, shift:shift + size]))
+    if size > 512 and shift:
+        photo = photo.transpose(Image.FLIP_LEFT_RIGHT)
+    return photo.resize((size // 4, size // 4), Image.BICUBIC)
+
+
+# --- the official side ----------------------------------------------------------------------------------
+
+def official_child(spec: dict) -> dict:
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    from tools.goldens import official
+
+    official.activate("main")
+    from diffbir import pipeline as pipelines
+    from diffbir.inference.bsr_loop import BSRInferenceLoop
+    from diffbir.model import ControlLDM, SwinIR
+    from diffbir.sampler import EDMSampler
+    from diffbir.utils.common import instantiate_from_config
+
+    device = spec["device"]
+    torch.set_num_threads(spec["threads"])
+    reset_peak()
+    start = now()
+    root = official.source("main")
+    cldm_config = OmegaConf.load(root / "configs/inference/cldm.yaml")
+    if spec["variant"] != "full":
+        cldm_config.params.unet_cfg.update(spec["official_unet"])
+        cldm_config.params.controlnet_cfg.update(spec["official_unet"])
+    cldm: ControlLDM = instantiate_from_config(cldm_config)
+    from safetensors.torch import load_file
+
+    cldm.load_pretrained_sd(load_file(spec["checkpoint"]))
+    cldm.load_controlnet_from_ckpt(torch.load(spec["ircontrolnet"], map_location="cpu", weights_only=True))
+    cldm.eval().to(device)
+    cldm.cast_dtype({"fp32": torch.float32, "fp16": torch.float16}[spec["precision"]])
+    cleaner = SwinIR(**spec["swinir_config"])
+    cleaner.load_state_dict(torch.load(spec["stage1"], map_location="cpu", weights_only=True), strict=True)
+    cleaner.eval().to(device)
+    diffusion = instantiate_from_config(OmegaConf.load(root / "configs/inference/diffusion_v2.1.yaml")).to(device)
+    load = {"s": now() - start, **peak()}
+
+    original_sample = EDMSampler.sample
+    original_forward = ControlLDM.forward.__get__(cldm)
+    call_times = []
+
+    def forward(*args, **kwargs):  # one model call (cond or uncond) of the sampler
+        start = now()
+        out = original_forward(*args, **kwargs)
+        call_times.append(now() - start)
+        return out
+
+    cldm.forward = forward
+    loop = object.__new__(BSRInferenceLoop)
+    loop.args = type("Args", (), {"version": "v2.1", "upscale": 4.0})()
+    pipe = pipelines.SwinIRPipeline(cleaner, cldm, diffusion, None, device)
+    runs = []
+    for shift, steps in ((0, 1), (37, spec["steps"])):
+        clock = StageClock()
+        pipe.apply_cleaner = clock.timed("stage1", pipelines.SwinIRPipeline.apply_cleaner.__get__(pipe))
+        cldm.clip.encode = clock.timed("text", type(cldm.clip).encode.__get__(cldm.clip))
+        cldm.vae_encode = clock.timed("vae_encode", ControlLDM.vae_encode.__get__(cldm))
+        cldm.vae_decode = clock.timed("vae_decode", ControlLDM.vae_decode.__get__(cldm))
+        call_times.clear()
+        EDMSampler.sample = clock.timed("sampling", original_sample)
+        lq = loop.after_load_lq(test_image(spec["size"], shift))
+        tiled = spec["tiled"]
+        positive, negative, cfg = spec["prompts"]
+        reset_peak()
+        torch.manual_seed(SEED)
+        start = now()
+        with torch.no_grad():
+            out = pipe.run(lq[None], steps, 1.0, tiled, 512, 256, tiled, 256, tiled, 256, tiled, 512, 256,
+                           positive, negative, cfg, "noise", "edm_dpm++_3m_sde", 0, False, 0.0, 0.0, 300.0, 1.0,
+                           1.0, 1)
+        total = now() - start
+        other = total - sum(v["s"] for v in clock.stages.values())
+        clock.add("colour_fix_resize", max(other, 0.0), peak())
+        calls_per_step = len(call_times) // steps
+        clock.steps = [sum(call_times[i:i + calls_per_step]) for i in range(0, len(call_times), calls_per_step)]
+        runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS"),
+                     "output": list(np.asarray(out).shape)})
+    return {"load": load, "run": runs[-1], "warm_up": runs[0]}
+
+
+# --- the pack's side ------------------------------------------------------------------------------------
+
+def pack_child(spec: dict) -> dict:
+    import torch
+
+    from scripts import comfy_headless, comfy_inprocess
+
+    torch.set_num_threads(spec["threads"])
+    base = Path(spec["scratch"]) / "comfy"
+    models = Path(spec["scratch"]) / "models"
+    for folder, source in (("checkpoints", spec["checkpoint"]), ("diffbir", spec["ircontrolnet"]),
+                           ("upscale_models", spec["stage1"])):
+        (models / folder).mkdir(parents=True, exist_ok=True)
+        link = models / folder / Path(source).name
+        if not link.exists():
+            link.symlink_to(source)
+    reset_peak()
+    start = now()
+    comfy_inprocess.start(base, models, cpu=spec["device"] == "cpu")
+    import execution
+    from comfy import utils as comfy_utils
+
+    # Every sampling step reaches the progress hook (newer ComfyUI throttles it: off for the benchmark).
+    comfy_utils.PROGRESS_THROTTLE_MIN_INTERVAL = 0.0
+    comfy_utils.PROGRESS_THROTTLE_MIN_PERCENT = 0.0
+
+    class TimedServer(comfy_inprocess._ServerStandIn):
+        """Timestamps the executor's messages: each "executing" starts a node, progress marks steps."""
+
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def send_sync(self, event, data, sid=None):
+            self.events.append((now(), event, data, peak() if event == "executing" else None))
+            if event == "executing":
+                reset_peak()
+            super().send_sync(event, data, sid)
+
+    workflow = comfy_headless.load_workflow(REPO / "example_workflows" / f"{WORKFLOWS[spec['tiled']]}.json")
+    prompt = comfy_headless.workflow_to_prompt(workflow, comfy_inprocess.object_info())
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = Path(spec["checkpoint"]).name
+        elif kind == "DiffBIRIRControlNetLoader":
+            inputs["ircontrolnet_name"] = Path(spec["ircontrolnet"]).name
+        elif kind == "DiffBIRStage1Loader":
+            inputs["model_name"] = Path(spec["stage1"]).name
+    server = TimedServer()
+    comfy_utils.set_progress_bar_global_hook(
+        lambda value, total, preview, node_id=None: server.events.append((now(), "progress", {"value": value}, None)))
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args=comfy_inprocess.pack_module(
+                                            "diffbir_modules.comfy_compat").executor_cache_args())
+    load = None
+    runs = []
+    for shift, steps in ((0, 1), (37, spec["steps"])):
+        name = f"benchmark_{shift}.png"
+        test_image(spec["size"], shift).save(base / "input" / name)
+        for node in prompt.values():
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = name
+            elif node["class_type"] in ("DiffBIREDMSigmas", "DiffBIRSpacedSigmas"):
+                node["inputs"]["steps"] = steps
+        server.events.clear()
+        reset_peak()
+        run_start = now()
+        targets = [k for k, n in prompt.items() if n["class_type"] == "SaveImage"]
+        executor.execute(prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets)
+        total = now() - run_start
+        if not executor.success:
+            raise RuntimeError(f"the workflow failed: {executor.status_messages}")
+        end_memory = peak()
+        clock = StageClock()
+        current, started, sampling_steps = None, run_start, []
+        for stamp, event, data, memory in [*server.events, (now(), "executing", {"node": None}, end_memory)]:
+            if event == "executing":
+                if current is not None:
+                    stage = NODE_STAGES.get(prompt[current]["class_type"], "other")
+                    clock.add(stage, stamp - started, memory)
+                current, started = data.get("node"), stamp
+            elif event == "progress" and current is not None and \
+                    NODE_STAGES.get(prompt[current]["class_type"]) == "sampling":
+                sampling_steps.append(stamp)
+        clock.steps = [b - a for a, b in zip(sampling_steps, sampling_steps[1:])]
+        if load is None:  # ComfyUI started; it reads the weights during the first run
+            load = {"s": run_start - start}
+        runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS")})
+    return {"load": load, "run": runs[-1], "warm_up": runs[0]}
+
+
+# --- the driver -----------------------------------------------------------------------------------------
+
+def build_models(variant: str) -> dict:
+    """Builds (once, cached) the random-weight files in the published layouts with the test venv."""
+    code = ("import json, torch; from devkit import model_factory as m; "
+            f"print(json.dumps({{'checkpoint': str(m.sd2_checkpoint({variant!r}, dtype=torch.float32)), "
+            f"'ircontrolnet': str(m.ircontrolnet_file({variant!r})), "
+            f"'stage1': str(m.stage1_file({STAGE1!r}, {variant!r})), "
+            f"'swinir_config': m.STAGE1_CONFIGS['swinir'][{variant!r}]}}))")
+    done = subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_side(side: str, spec: dict, timeout: float) -> dict:
+    python = REPO / (".venv-official" if side == "official" else ".venv") / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{python.parent.parent.name} is missing: run "
+                         f"{'tools/goldens/setup.sh' if side == 'official' else 'scripts/setup.sh'} first")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+    out = Path(handle.name).with_suffix(".out.json")
+    try:
+        subprocess.run([str(python), "-m", "scripts.benchmark_vs_official", "--child", side, handle.name, str(out)],
+                       cwd=REPO, check=True, timeout=timeout)
+        return json.loads(out.read_text())
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+
+
+def median_of(results: list[dict], getter) -> float | None:
+    values = [v for v in (getter(r) for r in results) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def report(results: dict[str, list[dict]], spec: dict) -> dict:
+    rows = []
+
+    def row(name, getter, unit):
+        o, p = median_of(results["official"], getter), median_of(results["pack"], getter)
+        rows.append({"what": name, "unit": unit, "official": o, "pack": p,
+                     "ratio": (p / o) if o and p is not None else None})
+
+    row("whole restore (weights loaded)", lambda r: r["run"]["total_s"], "s")
+    row("per cfg step (median)", lambda r: statistics.median(r["run"]["steps"]) if r["run"]["steps"] else None, "s")
+    for stage in STAGES:
+        row(f"  {stage}", lambda r, s=stage: r["run"]["stages"].get(s, {}).get("s"), "s")
+    row("cold start: load + a 1-step restore", lambda r: r["load"]["s"] + r["warm_up"]["total_s"], "s")
+    gib = 1024 ** 3
+    row("peak RSS of the reported restore", lambda r: max(
+        v["peak_rss"] for v in r["run"]["stages"].values()) / gib, "GiB")
+    row("RSS with weights loaded (after warm-up)", lambda r: (r["warm_up"]["rss_after"] or 0) / gib, "GiB")
+    for stage in ("stage1", "vae_encode", "sampling", "vae_decode"):
+        row(f"  peak RSS {stage}", lambda r, s=stage: (r["run"]["stages"].get(s, {}).get("peak_rss") or 0) / gib,
+            "GiB")
+    if spec["device"] != "cpu":
+        row("peak CUDA memory", lambda r: max(v["cuda_peak"] for v in r["run"]["stages"].values()) / gib, "GiB")
+    return {"rows": rows}
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    lines = [f"{meta['date']}, {meta['device']}, {meta['command']}", "",
+             "| what | official | pack | pack / official |", "|---|---|---|---|"]
+    for r in summary["rows"]:
+        official, pack = (("-" if v is None else f"{v:.2f} {r['unit']}") for v in (r["official"], r["pack"]))
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['what']} | {official} | {pack} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=512, help="output size (square); the input is size / 4")
+    parser.add_argument("--steps", type=int, default=10, help="sampling steps (v2.1 default 10)")
+    parser.add_argument("--tiled", action="store_true", help="tiled stage 1, VAE and sampling on both sides")
+    parser.add_argument("--rounds", type=int, default=1, help="official / pack alternations (medians reported)")
+    parser.add_argument("--variant", default="full", choices=("small", "full"), help="model sizes")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="official --precision")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
+    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per side and round")
+    parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmark_vs_official.json")
+    parser.add_argument("--child", nargs=3, metavar=("SIDE", "SPEC", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        side, spec_path, out_path = args.child
+        spec = json.loads(Path(spec_path).read_text())
+        result = (official_child if side == "official" else pack_child)(spec)
+        Path(out_path).write_text(json.dumps(result))
+        return 0
+
+    models = build_models(args.variant)
+    from diffbir_modules import prompts  # plain Python (no ComfyUI import): the official v2.1 prompts
+
+    spec = dict(models, size=args.size, steps=args.steps, tiled=args.tiled, variant=args.variant,
+                device=args.device, precision=args.precision, threads=args.threads,
+                prompts=list(prompts.default_prompts("v2.1")),
+                official_unet=dict(channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2]))
+    results = {"official": [], "pack": []}
+    with tempfile.TemporaryDirectory(prefix="diffbir-bench-") as scratch:
+        spec["scratch"] = scratch
+        for round_index in range(args.rounds):
+            for side in ("official", "pack"):
+                print(f"[{time.strftime('%H:%M:%S')}] round {round_index + 1}/{args.rounds}: {side}", flush=True)
+                results[side].append(run_side(side, spec, args.timeout))
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": f"{platform.machine()} CPU, {os.cpu_count()} cores"
+            if args.device == "cpu" else "cuda", "command": "python -m scripts.benchmark_vs_official " +
+            " ".join(argv if argv is not None else sys.argv[1:]), "load_average": os.getloadavg()}
+    summary = report(results, spec)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "spec": {k: v for k, v in spec.items() if k != "scratch"},
+                                    "summary": summary, "results": results}, indent=1))
+    print(markdown(summary, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Golden fixture makers: run the official DiffBIR code beside ours (see official.py)."""

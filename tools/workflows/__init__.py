@@ -1,0 +1,1 @@
+"""Builders of the shipped example workflows (example_workflows/*.json)."""
