@@ -2,6 +2,7 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix, DiffBIRResizeToOutputSize
+from .compare import DiffBIRBeforeAfter
 from .degradation import DiffBIRSynthesizeDegradation
 from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
 from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
@@ -34,6 +35,7 @@ NODES = [
     DiffBIRCropToStage1,
     DiffBIRColorFix,
     DiffBIRResizeToOutputSize,
+    DiffBIRBeforeAfter,
     # sampling: official schedules, samplers and prompts
     DiffBIRModelSampling,
     DiffBIRSpacedSigmas,
