@@ -35,8 +35,9 @@ class DiffBIRIRControlNetLoader(io.ComfyNode):
                 io.Combo.Input("version", options=VERSION_OPTIONS, default="auto", tooltip=(
                     "Which DiffBIR release the file is. auto: recognised by a content hash of the weights, but the "
                     "three releases share one architecture and the hash table ships empty, so pick it yourself "
-                    "unless the log says the file is known. v2.1 expects the zero-terminal-SNR v-prediction SD 2.1; "
-                    "v1/v2 the plain eps SD 2.1 base.")),
+                    "unless the log says the file is known (a file known to be another release, such as a v1 "
+                    "full checkpoint, is refused under a different version). v2.1 expects the zero-terminal-SNR "
+                    "v-prediction SD 2.1; v1/v2 the plain eps SD 2.1 base.")),
             ],
             outputs=[IRControlNetType.Output(display_name="IRCONTROLNET", tooltip=(
                 "The loaded IRControlNet; connect it to 'DiffBIR Apply IRControlNet'."))],

@@ -129,7 +129,10 @@ def test_loader_version_override_and_known_hash(comfy, irc, ircontrolnet_tiny, m
         fp = irc.fingerprint(model_factory.ircontrolnet_state_dict("tiny"))
         monkeypatch.setitem(irc.KNOWN_FINGERPRINTS, fp, "v2")
         assert loader.execute(ircontrolnet_tiny, "auto").result[0].version == "v2"
-        assert loader.execute(ircontrolnet_tiny, "v1").result[0].version == "v1"  # the user decides
+        # a known v2 file run as v1 would sample with the wrong schedule: refused, with what to set
+        with pytest.raises(ValueError, match="this is a v2 IRControlNet .known file.*version v1 was chosen.*"
+                                             "Set version to auto or v2"):
+            loader.execute(ircontrolnet_tiny, "v1")
 
 
 def test_loader_refuses_an_sd_checkpoint(comfy, sd2_tiny):
