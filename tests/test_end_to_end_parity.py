@@ -34,7 +34,7 @@ SIGMA_NODES = ("DiffBIRSpacedSigmas", "DiffBIREDMSigmas")
 # more levels would be a real difference. Measured (ComfyUI 0.3.75, torch 2.13 CPU, 2 threads, goldens
 # made on the same machine type): v2.1 SwinIR max 1, mean 0.0003 levels (0.026% of values differ);
 # v2 BSRNet max 1, mean 0.0001 (0.011%); v2 SCUNet denoise max 1 (0.004%); v1 SwinIR max 1, mean 0.0001
-# (0.005%); v2.1 tiled max 1, mean 0.0002 (0.023%).
+# (0.005%); v2.1 tiled max 1, mean 0.0002 (0.023%); v2.1 SwinIR batch of 2 max 1, mean 0.0004 (0.041%).
 MAX_LEVELS = 1
 # The share of values one level off: a float difference d flips a truncated level with probability
 # about 255 * d, so the ~1e-5 of the per-stage goldens gives ~0.3% at most; measured <= 0.026%
