@@ -140,6 +140,30 @@ def sd2_checkpoint(variant: str = "tiny", seed: int = 0, dtype=torch.float16) ->
     return path
 
 
+def sd1_checkpoint(variant: str = "tiny", seed: int = 0) -> Path:
+    """A random SD 1.x-shaped checkpoint (UNet with context_dim 768 and conv proj_in, plus the VAE; no
+    text encoder): what CheckpointLoaderSimple loads as SD15, for "an SD 1.5 model where SD 2.1 is needed"."""
+    from safetensors.torch import save_file
+
+    path = CACHE / f"sd1-{variant}-seed{seed}-v{FACTORY_VERSION}.safetensors"
+    if path.exists():
+        return path
+    _, openaimodel = _comfy()
+    import comfy.ops
+
+    config = dict(unet_config(variant), context_dim=768, use_linear_in_transformer=False, num_head_channels=-1,
+                  num_heads=8)
+    with torch.device("meta"):
+        unet = openaimodel.UNetModel(**config, operations=comfy.ops.disable_weight_init)
+    sd = {}
+    for prefix, shapes in (("model.diffusion_model.", shapes_of(unet)), ("first_stage_model.", sd2_vae_shapes())):
+        for key, shape in shapes.items():
+            sd[prefix + key] = random_tensor(prefix + key, shape, seed, torch.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(lambda p: save_file(sd, str(p)), path)
+    return path
+
+
 # -- IRControlNet ------------------------------------------------------------------------------
 def ircontrolnet_shapes(variant: str = "tiny") -> dict:
     """The published IRControlNet layout (v1_general.pth, v2.pth, DiffBIR_v2.1.pt ...): the UNet's

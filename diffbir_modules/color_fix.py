@@ -2,7 +2,9 @@
 
 DiffBIR keeps the high frequencies of the generated image and takes its low frequencies (overall
 colour and shading) from the stage-1 output: ``wavelet`` (the default of every version) or a
-per-channel mean/std transfer, ``adain`` (v1's alternative). Both work on NCHW float tensors.
+per-channel mean/std transfer, ``adain`` (v1's alternative). ``lab`` is our addition: the same mean/std
+transfer in CIELAB (Reinhard-style colour transfer), where lightness and the two colour axes are
+separate, so correcting a colour cast does not tint the shading. All work on NCHW float tensors.
 """
 
 import torch
@@ -50,3 +52,47 @@ def adain_color_fix(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-
     content_mean, content_std = mean_std(content)
     style_mean, style_std = mean_std(style)
     return (content - content_mean) / content_std * style_std + style_mean
+
+
+# sRGB (D65) <-> CIELAB. Values outside [0, 1] (the official pipeline's unclipped decode) map through
+# the odd extension of the sRGB curve and the linear branch of the Lab curve, so the round trip holds.
+_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                            [0.2126729, 0.7151522, 0.0721750],
+                            [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
+_WHITE = _RGB_TO_XYZ.sum(dim=1)  # D65 white of the matrix (X, Y, Z for RGB = 1)
+_DELTA = 6.0 / 29.0
+
+
+def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
+    a = c.abs()
+    return torch.where(a <= 0.04045, c / 12.92, c.sign() * ((a + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
+    a = c.abs()
+    return torch.where(a <= 0.0031308, c * 12.92, c.sign() * (1.055 * a ** (1 / 2.4) - 0.055))
+
+
+def _mix(image: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", matrix.to(image.dtype), image)
+
+
+def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
+    """NCHW sRGB -> L (0..100), a, b (D65), computed in float64."""
+    xyz = _mix(_srgb_to_linear(image.double()), _RGB_TO_XYZ) / _WHITE.view(1, 3, 1, 1)
+    f = torch.where(xyz > _DELTA**3, xyz.clamp(min=_DELTA**3) ** (1 / 3), xyz / (3 * _DELTA**2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``rgb_to_lab`` (float64 in, float64 out)."""
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], dim=1)
+    xyz = torch.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4 / 29)) * _WHITE.view(1, 3, 1, 1).to(lab.dtype)
+    return _linear_to_srgb(_mix(xyz, torch.linalg.inv(_RGB_TO_XYZ)))
+
+
+def lab_color_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """``adain_color_fix`` in CIELAB: each of L, a, b of ``content`` gets ``style``'s mean and spread."""
+    fixed = adain_color_fix(rgb_to_lab(content), rgb_to_lab(style))
+    return lab_to_rgb(fixed).to(content.dtype)

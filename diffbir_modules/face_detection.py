@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import weights_io
+
 
 # -- non-maximum suppression --------------------------------------------------------------------
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, mode: str = "union",
@@ -466,6 +468,9 @@ def load_strict(module_factory, state_dict: dict, what: str, source: str) -> nn.
 def build_retinaface(state_dict: dict, source: str = "the weights") -> RetinaFace:
     state_dict = _strip_prefix(state_dict)
     backbone = retinaface_backbone_of(state_dict)
+    other = weights_io.wrong_kind(source, state_dict, "retinaface", "a RetinaFace face detector")
+    if backbone is None and other:
+        raise other
     if backbone is None:
         raise ValueError(f"{source} is not a RetinaFace file (expected facexlib's detection_Resnet50_Final.pth or "
                          "detection_mobilenet0.25_Final.pth layout: body.layer1.* or body.stage1.* keys)")

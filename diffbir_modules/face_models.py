@@ -133,8 +133,11 @@ class FaceParserModel:
         import comfy.model_management
 
         comfy.model_management.load_models_gpu([self.patcher])
-        labels = torch.cat([face_parsing.parse_labels(self.patcher.model, faces[i:i + 1], official_quirks)
-                            for i in range(faces.shape[0])])
+        labels = []
+        for i in range(faces.shape[0]):
+            comfy.model_management.throw_exception_if_processing_interrupted()  # one face at a time: stops promptly
+            labels.append(face_parsing.parse_labels(self.patcher.model, faces[i:i + 1], official_quirks))
+        labels = torch.cat(labels)
         return face_parsing.parse_mask_from_labels(labels)
 
 

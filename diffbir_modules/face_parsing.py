@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import face_geometry
+from . import face_geometry, weights_io
 
 # facexlib/DiffBIR MASK_COLORMAP: 255 for the classes kept in the paste mask, 0 for background (0),
 # necklace (14), cloth (16), hair (17) and hat (18).
@@ -92,6 +92,9 @@ def build_parsenet(state_dict: dict, source: str = "the weights") -> ParseNet:
     from .face_detection import _strip_prefix, load_strict
 
     state_dict = _strip_prefix(state_dict)
+    other = weights_io.wrong_kind(source, state_dict, "parsenet", "a ParseNet face parser (parsing_parsenet.pth)")
+    if "out_mask_conv.conv2d.weight" not in state_dict and other:
+        raise other
     if "out_mask_conv.conv2d.weight" not in state_dict:
         raise ValueError(f"{source} is not a ParseNet file (expected facexlib's parsing_parsenet.pth layout with "
                          "out_mask_conv.conv2d.weight)")

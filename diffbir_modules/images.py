@@ -43,17 +43,20 @@ def resize(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-OUTPUT_RESIZES = ("bicubic_antialias", "lanczos_uint8")
+OUTPUT_RESIZES = ("bicubic_antialias", "lanczos_uint8", "bicubic_uint8")
+_PIL_FILTERS = {"lanczos_uint8": "LANCZOS", "bicubic_uint8": "BICUBIC"}
 
 
 def resize_to_output(rgb: torch.Tensor, size, method: str) -> torch.Tensor:
     """The official last step: the restored image (NCHW float, unclipped) to the requested ``size`` (h, w).
     bicubic_antialias (v2 / v2.1): torch bicubic with antialias on the float tensor, always called, then
-    the caller clips. lanczos_uint8 (v1): clipped and truncated to uint8, PIL LANCZOS, back to float."""
+    the caller clips. lanczos_uint8 (v1): clipped and truncated to uint8, PIL LANCZOS, back to float.
+    bicubic_uint8: the same with PIL BICUBIC (the official upscale of the whole photo before face
+    detection and of the input of a custom run); a loaded 8-bit image round-trips exactly."""
     size = (int(size[0]), int(size[1]))
     if method == "bicubic_antialias":
         return F.interpolate(rgb.float(), size=size, mode="bicubic", antialias=True)
-    if method != "lanczos_uint8":
+    if method not in _PIL_FILTERS:
         raise ValueError(f"unknown resize method {method!r}; choose one of {', '.join(OUTPUT_RESIZES)}")
     from PIL import Image
 
@@ -61,7 +64,7 @@ def resize_to_output(rgb: torch.Tensor, size, method: str) -> torch.Tensor:
     for x in rgb:
         # v1 converts with clip + astype(uint8), which truncates: kept for parity
         array = (x.permute(1, 2, 0).float().cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
-        resized = Image.fromarray(array).resize((size[1], size[0]), Image.LANCZOS)
+        resized = Image.fromarray(array).resize((size[1], size[0]), getattr(Image, _PIL_FILTERS[method]))
         out.append(torch.from_numpy(np.asarray(resized).astype(np.float32) / 255.0).permute(2, 0, 1))
     return torch.stack(out).to(rgb.device)
 

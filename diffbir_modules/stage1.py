@@ -508,22 +508,6 @@ def run_in_comfy(images: torch.Tensor, descriptor, settings: Settings, offload: 
 
 
 # -- loading ---------------------------------------------------------------------------------------
-SD_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
-
-
-def describe_foreign(sd: dict) -> str | None:
-    """A sentence naming what a non-stage-1 state dict is, when it is something we recognise."""
-    keys = list(sd.keys())
-    if any(k.startswith(SD_PREFIXES) for k in keys):
-        return ("a Stable Diffusion checkpoint (UNet/VAE/text-encoder keys): load it with 'Load Checkpoint'; the "
-                "stage-1 cleaner is a separate restoration network")
-    if any(k.startswith("zero_convs.") for k in keys) and "input_blocks.0.0.weight" in sd:
-        return "an IRControlNet (DiffBIR stage 2) file: load it with the DiffBIR IRControlNet loader"
-    if any(k.startswith(("encoder.down.", "decoder.up.")) for k in keys):
-        return "a VAE: load it with 'Load VAE'"
-    return None
-
-
 def load_cleaner(path: str):
     """Loads a stage-1 file (any published DiffBIR stage-1 format or any spandrel image model) into a
     spandrel ImageModelDescriptor, with errors that say what the file is and what to do. Weights only:
@@ -537,9 +521,9 @@ def load_cleaner(path: str):
                 "realesrgan_s4_swinir_100k.pth, KAIR's BSRNet.pth or scunet_color_real_psnr.pth, or another "
                 "spandrel-supported restoration model)")
     sd = weights_io.tensors_only(weights_io.read_tensors(path, expected), name, expected)
-    foreign = describe_foreign(sd)
+    foreign = weights_io.wrong_kind(name, sd, "stage1", expected)
     if foreign:
-        raise ValueError(f"{name} is {foreign}. Expected {expected}.")
+        raise foreign
     try:
         descriptor = ModelLoader().load_from_state_dict(sd)
     except UnsupportedModelError as error:

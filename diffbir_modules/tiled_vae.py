@@ -33,6 +33,7 @@ Encoder tiles start on multiples of 8 pixels so the stride-2 convolutions keep t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Generator
@@ -43,6 +44,7 @@ import comfy.utils
 import torch
 
 from . import comfy_compat
+from .progress import per_block
 
 log = logging.getLogger("DiffBIR")
 
@@ -598,6 +600,21 @@ def _tiled(segments, first: _TiledMap, device, park, replay: set[int], bar, mete
                 meter)
 
 
+def _progress_over(blocks: list[torch.nn.Module], images: int):
+    """ComfyUI's untiled call with a bar step per block (none when ``blocks`` is empty)."""
+    return per_block(blocks, images) if blocks else contextlib.nullcontext()
+
+
+def _decoder_blocks(dec) -> list[torch.nn.Module]:
+    """The decoder's resblocks, latent resolution first: progress steps for an untiled decode."""
+    return [dec.mid.block_1, dec.mid.block_2, *(block for level in reversed(dec.up) for block in level.block)]
+
+
+def _encoder_blocks(enc) -> list[torch.nn.Module]:
+    """The encoder's resblocks, full resolution first: progress steps for an untiled encode."""
+    return [*(block for level in enc.down for block in level.block), enc.mid.block_1, enc.mid.block_2]
+
+
 def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
            replay: bool | set[int] | None = None, meter: _Meter | None = None, clamp: bool = True) -> torch.Tensor:
     """IMAGE [B, H, W, 3] from an unscaled LATENT [B, 4, h, w], tiled exactly (see module docstring),
@@ -628,7 +645,8 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     tile = _pick_tile(lambda t: memory(t) < free, tile_size, max(h, w) * 8)
     if not tile or (tile >= h * 8 and tile >= w * 8):
         log.info("DiffBIR VAE decode: %dx%d px untiled", w * 8, h * 8)
-        return vae.decode(latent)
+        with _progress_over(_decoder_blocks(dec) if progress else [], b):
+            return vae.decode(latent)
     device, park = _devices(vae)
     owns = _tiles(h * 8, w * 8, tile)
     segments = _decoder_segments(dec)
@@ -683,7 +701,8 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
     tile = _pick_tile(lambda t: memory(t) < free, tile_size, max(h, w))
     if not tile or (tile >= h and tile >= w):
         log.info("DiffBIR VAE encode: %dx%d px untiled", w, h)
-        return vae.encode(pixels)
+        with _progress_over(_encoder_blocks(enc) if progress else [], b):
+            return vae.encode(pixels)
     device, park = _devices(vae)
     owns = _tiles(h, w, tile)
     segments = _encoder_segments(enc)

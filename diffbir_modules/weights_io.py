@@ -186,3 +186,53 @@ def tensors_only(loaded, source: str, expected: str, wrappers=("state_dict", "pa
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+# -- what a state dict is -----------------------------------------------------------------------------
+# (kind, what it is, where it goes), recognised by key names; the first match wins (a v1 IRControlNet
+# checkpoint also holds SD weights, a stock ControlNet also has zero convs). Each loader names the file,
+# what it expected and this, so a file given to the wrong loader says where it belongs.
+_KINDS = (
+    ("controlnet", lambda keys: any(k.startswith(("input_hint_block.", "control_model.input_hint_block.",
+                                                  "controlnet_cond_embedding.")) for k in keys),
+     "a stock ControlNet (it has a hint encoder), not a DiffBIR IRControlNet",
+     "load it with ComfyUI's 'Load ControlNet Model' node"),
+    ("ircontrolnet", lambda keys: any(k.startswith(("zero_convs.", "control_model.zero_convs.")) for k in keys),
+     "an IRControlNet (DiffBIR stage 2) file", "load it with the DiffBIR IRControlNet loader (DiffBIR Load "
+     "IRControlNet, models/diffbir)"),
+    ("checkpoint", lambda keys: any(k.startswith(("model.diffusion_model.", "cond_stage_model.", "conditioner."))
+                                    for k in keys),
+     "a Stable Diffusion checkpoint (UNet/VAE/text-encoder keys)", "load it with ComfyUI's 'Load Checkpoint' node"),
+    ("lora", lambda keys: any("lora_up" in k or "lora_down" in k or ".lora_A." in k or ".lora_B." in k for k in keys),
+     "a LoRA", "load it with ComfyUI's 'Load LoRA' node"),
+    ("vae", lambda keys: any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in keys),
+     "a VAE", "load it with ComfyUI's 'Load VAE' node"),
+    ("retinaface", lambda keys: any(k.startswith(("body.layer1.", "body.stage1.", "ClassHead.")) for k in keys),
+     "a RetinaFace face detector", "put it in models/facedetection for DiffBIR Face Detector Loader"),
+    ("parsenet", lambda keys: "out_mask_conv.conv2d.weight" in keys,
+     "a ParseNet face parser", "put it in models/facedetection for DiffBIR Face Parser Loader"),
+    ("stage1", lambda keys: any(k.startswith(("m_head.", "RRDB_trunk.", "conv_first.", "patch_embed."))
+                                for k in keys),
+     "a stage-1 cleaner (SwinIR, BSRNet, SCUNet or similar)",
+     "load it with DiffBIR Load Stage-1 Model (models/upscale_models)"),
+)
+
+
+def identify(sd: dict) -> tuple[str, str, str] | None:
+    """(kind, what the state dict ``sd`` is, what to do with it) for the model kinds a DiffBIR user
+    may have on disk, or None when its keys match none of them. A ``module.`` prefix is ignored."""
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in sd}
+    for kind, matches, what, action in _KINDS:
+        if matches(keys):
+            return kind, what, action
+    return None
+
+
+def wrong_kind(name: str, sd: dict, wanted: str, expected: str) -> WeightsFileError | None:
+    """The error for a file that holds a known kind of model other than ``wanted`` (a kind of
+    ``_KINDS``); None when it is that kind or of no kind we know (the loader's own checks go on)."""
+    found = identify(sd)
+    if found is None or found[0] == wanted:
+        return None
+    _, what, action = found
+    return WeightsFileError(f"{name} is {what}, not what this loader takes: {action}. Expected {expected}.")

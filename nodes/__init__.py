@@ -2,6 +2,7 @@
 ComfyUI types. Node ids are what saved workflows store: never rename one once published."""
 
 from .color_fix import DiffBIRColorFix, DiffBIRResizeToOutputSize
+from .compare import DiffBIRBeforeAfter
 from .degradation import DiffBIRSynthesizeDegradation
 from .faces import DiffBIRFaceDetectAlign, DiffBIRFaceDetectorLoader, DiffBIRFaceParserLoader, DiffBIRFacePasteBack
 from .guidance import DiffBIRGuidanceScales, DiffBIRImageGrid, DiffBIRRestorationGuidance
@@ -10,9 +11,14 @@ from .presets import DiffBIRPresetLoader
 from .prompts import DiffBIRDefaultPrompts, DiffBIRTextEncode
 from .sampling import (
     DiffBIRConditionNoiseAugment,
+    DiffBIRDDIMSampler,
+    DiffBIRDDIMSigmas,
+    DiffBIRDPMSolverSampler,
+    DiffBIRDPMSolverSigmas,
     DiffBIREDMSampler,
     DiffBIREDMSigmas,
     DiffBIRModelSampling,
+    DiffBIRRescaleCFG,
     DiffBIRSpacedSampler,
     DiffBIRSpacedSigmas,
 )
@@ -29,12 +35,18 @@ NODES = [
     DiffBIRCropToStage1,
     DiffBIRColorFix,
     DiffBIRResizeToOutputSize,
+    DiffBIRBeforeAfter,
     # sampling: official schedules, samplers and prompts
     DiffBIRModelSampling,
     DiffBIRSpacedSigmas,
     DiffBIRSpacedSampler,
     DiffBIREDMSigmas,
     DiffBIREDMSampler,
+    DiffBIRDDIMSigmas,
+    DiffBIRDDIMSampler,
+    DiffBIRDPMSolverSigmas,
+    DiffBIRDPMSolverSampler,
+    DiffBIRRescaleCFG,
     DiffBIRConditionNoiseAugment,
     DiffBIRDefaultPrompts,
     DiffBIRTextEncode,

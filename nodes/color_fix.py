@@ -2,7 +2,11 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import color_fix, comfy_compat, guards, images
+from ..diffbir_modules import color_fix, guards, images
+from . import menu
+
+METHODS = {"wavelet": color_fix.wavelet_color_fix, "adain": color_fix.adain_color_fix,
+           "lab": color_fix.lab_color_fix}  # saved workflows store the name: never rename one
 
 
 class DiffBIRColorFix(io.ComfyNode):
@@ -10,23 +14,24 @@ class DiffBIRColorFix(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRColorFix",
-            **comfy_compat.schema_fields(search_aliases=[
-                "color fix", "color correction", "color match", "wavelet", "adain"]),
+            **menu.search("color fix", "color correction", "color match", "colour", "wavelet", "adain", "lab"),
             display_name="DiffBIR Colour Fix",
-            category="DiffBIR",
+            category=menu.OUTPUT,
             description=(
                 "DiffBIR's last step: keeps the details (high frequencies) of the restored image and takes its "
                 "colour and shading (low frequencies) from the stage-1 image, which removes the colour shift "
                 "diffusion sampling can add. 'wavelet' is what every official version does; 'adain' matches "
-                "per-channel mean and contrast only (v1's alternative)."),
+                "per-channel mean and contrast only (v1's alternative); 'lab' does that in CIELAB (our addition)."),
             inputs=[
                 io.Image.Input("image", tooltip="The restored image (VAE Decode output)."),
                 io.Image.Input("reference", tooltip=(
                     "The stage-1 (degradation removal) image whose colours to keep. Resized to the restored "
                     "image's size if it differs.")),
-                io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet", tooltip=(
+                io.Combo.Input("method", options=list(METHODS), default="wavelet", tooltip=(
                     "wavelet: official DiffBIR, 5-level a-trous split (keeps fine detail, follows local colour). "
-                    "adain: global mean/std per channel (keeps more of the generated local colour).")),
+                    "adain: global mean/std per channel (keeps more of the generated local colour). "
+                    "lab: the same global transfer in CIELAB (lightness and colour apart: fixes a colour cast "
+                    "without tinting the shading; not an official option).")),
                 io.Boolean.Input("clamp", default=True, optional=True, tooltip=(
                     "On: the result is clipped to [0, 1]. Off (official): left unclipped, because the official "
                     "code resizes the colour-fixed image before it clips; connect 'DiffBIR Resize to Output "
@@ -43,8 +48,9 @@ class DiffBIRColorFix(io.ComfyNode):
         style, _ = images.split_alpha(reference)
         content, style = images.match_batch(content, style)
         style = images.resize(style, content.shape[-2:])
-        fix = color_fix.wavelet_color_fix if method == "wavelet" else color_fix.adain_color_fix
-        return io.NodeOutput(images.join_alpha(fix(content, style), alpha, clamp=clamp))
+        if method not in METHODS:
+            raise ValueError(f"DiffBIR Colour Fix: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        return io.NodeOutput(images.join_alpha(METHODS[method](content, style), alpha, clamp=clamp))
 
 
 class DiffBIRResizeToOutputSize(io.ComfyNode):
@@ -52,10 +58,9 @@ class DiffBIRResizeToOutputSize(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRResizeToOutputSize",
-            **comfy_compat.schema_fields(search_aliases=[
-                "resize", "output size", "upscale", "final size", "bicubic", "lanczos"]),
+            **menu.search("resize", "output size", "upscale", "final size", "bicubic", "lanczos"),
             display_name="DiffBIR Resize to Output Size",
-            category="DiffBIR",
+            category=menu.OUTPUT,
             description=(
                 "DiffBIR's very last step: resizes the restored image to the size the user asked for (input "
                 "size x upscale: Degradation Removal's width and height outputs), the way the official code "
@@ -72,7 +77,8 @@ class DiffBIRResizeToOutputSize(io.ComfyNode):
                                tooltip=(
                     "bicubic_antialias: official v2 and v2.1 (torch bicubic with antialias on the unclipped "
                     "float image). lanczos_uint8: official v1 (the image is clipped and truncated to 8 bits, "
-                    "then PIL LANCZOS).")),
+                    "then PIL LANCZOS). bicubic_uint8: 8 bits, then PIL BICUBIC: the official upscale of a "
+                    "photo before face detection (faces in the wild).")),
             ],
             outputs=[io.Image.Output(tooltip="The restored image at width x height, in [0, 1].")],
         )

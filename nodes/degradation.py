@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..diffbir_modules import degradations, images
+from . import menu
 
 
 class DiffBIRSynthesizeDegradation(io.ComfyNode):
@@ -10,8 +11,9 @@ class DiffBIRSynthesizeDegradation(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRSynthesizeDegradation",
+            **menu.search("degrade", "blur", "noise", "jpeg", "test image", "synthetic"),
             display_name="DiffBIR Synthesize Degradation",
-            category="DiffBIR/testing",
+            category=menu.TESTING,
             description=(
                 "Degrades clean photos with the random pipelines DiffBIR was trained on, to make test inputs whose "
                 "clean original you know (compare the restoration with it). 'realesrgan' is the second-order "

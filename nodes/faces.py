@@ -8,8 +8,9 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..diffbir_modules import comfy_compat, face_models, guards, images
+from ..diffbir_modules import face_models, guards, images
 from ..diffbir_modules import faces as face_pipeline
+from . import menu
 
 FaceDetector = io.Custom("DIFFBIR_FACE_DETECTOR")
 FaceParser = io.Custom("DIFFBIR_FACE_PARSER")
@@ -26,8 +27,9 @@ class DiffBIRFaceDetectorLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRFaceDetectorLoader",
+            **menu.search("face", "face detection", "retinaface", "load face detector"),
             display_name="DiffBIR Face Detector Loader",
-            category="DiffBIR/faces",
+            category=menu.FACES,
             description=(
                 "Loads a 5-landmark face detector for DiffBIR Face Detect & Align. RetinaFace ResNet-50 is what "
                 "official DiffBIR uses (most accurate); MobileNet-0.25 is faster and misses more small or turned "
@@ -56,10 +58,10 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRFaceDetectAlign",
-            **comfy_compat.schema_fields(search_aliases=[
-                "face", "face restore", "face detection", "retinaface"]),
+            **menu.search("face", "face restore", "face detection", "retinaface", "align face", "crop face",
+                restore=True),
             display_name="DiffBIR Face Detect & Align",
-            category="DiffBIR/faces",
+            category=menu.FACES,
             description=(
                 "Finds faces (5 landmarks each) and warps each one onto the FFHQ 512 template, as DiffBIR's "
                 "faces-in-the-wild mode does. Restore the crops with the face weights in the usual DiffBIR chain "
@@ -148,8 +150,9 @@ class DiffBIRFaceParserLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRFaceParserLoader",
+            **menu.search("face", "face parsing", "face mask", "bisenet", "parsenet"),
             display_name="DiffBIR Face Parser Loader",
-            category="DiffBIR/faces",
+            category=menu.FACES,
             description=(
                 "Loads ParseNet (models/facedetection/parsing_parsenet.pth, downloaded there on first use when "
                 "online). Connected to DiffBIR Face Paste Back it limits each pasted face to skin, eyes, nose, "
@@ -172,10 +175,9 @@ class DiffBIRFacePasteBack(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRFacePasteBack",
-            **comfy_compat.schema_fields(search_aliases=[
-                "face", "face restore", "paste face"]),
+            **menu.search("face", "face restore", "paste face", "face swap back", "blend face", restore=True),
             display_name="DiffBIR Face Paste Back",
-            category="DiffBIR/faces",
+            category=menu.FACES,
             description=(
                 "Pastes restored face crops back onto the restored background through the inverse of each "
                 "alignment warp, with DiffBIR's soft mask (eroded and blurred in proportion to the face size) and "

@@ -4,6 +4,7 @@ from comfy_api.latest import io
 
 from ..diffbir_modules import guards, guidance, images
 from ..diffbir_modules import sweep as sweep_grid
+from . import menu
 
 
 class DiffBIRRestorationGuidance(io.ComfyNode):
@@ -11,8 +12,9 @@ class DiffBIRRestorationGuidance(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRRestorationGuidance",
+            **menu.search("guidance", "fidelity", "faithful", "region adaptive", restore=True),
             display_name="DiffBIR Restoration Guidance",
-            category="DiffBIR/sampling",
+            category=menu.GUIDANCE,
             description=(
                 "DiffBIR's region-adaptive restoration guidance (v2.0), as a MODEL patch for any sampler: at every "
                 "step the predicted clean image is pulled toward the stage-1 image where that image is flat, while "
@@ -95,8 +97,9 @@ class DiffBIRGuidanceScales(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRGuidanceScales",
+            **menu.search("guidance", "sweep", "compare", "xy plot"),
             display_name="DiffBIR Guidance Scales (sweep)",
-            category="DiffBIR/sampling",
+            category=menu.GUIDANCE,
             description=(
                 "A list of guidance scales for a side-by-side comparison: connect 'scale' to DiffBIR Restoration "
                 "Guidance's scale input; everything after it (sampler, VAE Decode) then runs once per scale with the "
@@ -125,8 +128,9 @@ class DiffBIRImageGrid(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRImageGrid",
+            **menu.search("grid", "side by side", "compare", "before after", "montage"),
             display_name="DiffBIR Image Grid",
-            category="DiffBIR/sampling",
+            category=menu.OUTPUT,
             description=(
                 "Lays out a list (or batch) of images side by side in one labelled grid image, e.g. the same "
                 "restoration at several guidance scales from DiffBIR Guidance Scales. Images of other sizes are "

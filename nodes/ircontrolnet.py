@@ -4,8 +4,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import comfy_compat, guards, images
+from ..diffbir_modules import guards, images
 from ..diffbir_modules import ircontrolnet as irc
+from . import menu
 
 IRControlNetType = io.Custom("DIFFBIR_IRCONTROLNET")
 
@@ -19,10 +20,9 @@ class DiffBIRIRControlNetLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRIRControlNetLoader",
-            **comfy_compat.schema_fields(search_aliases=[
-                "controlnet", "load controlnet"]),
+            **menu.search("controlnet", "load controlnet", "ircontrolnet"),
             display_name="DiffBIR Load IRControlNet",
-            category="DiffBIR/loaders",
+            category=menu.CONTROL,
             description=(
                 "Loads a DiffBIR IRControlNet (v1_general.pth, v1_face.pth, v2.pth, DiffBIR_v2.1.pt, or a safetensors "
                 "copy) from models/diffbir. The network size is read from the weights; weights are stored in the "
@@ -35,8 +35,9 @@ class DiffBIRIRControlNetLoader(io.ComfyNode):
                 io.Combo.Input("version", options=VERSION_OPTIONS, default="auto", tooltip=(
                     "Which DiffBIR release the file is. auto: recognised by a content hash of the weights, but the "
                     "three releases share one architecture and the hash table ships empty, so pick it yourself "
-                    "unless the log says the file is known. v2.1 expects the zero-terminal-SNR v-prediction SD 2.1; "
-                    "v1/v2 the plain eps SD 2.1 base.")),
+                    "unless the log says the file is known (a file known to be another release, such as a v1 "
+                    "full checkpoint, is refused under a different version). v2.1 expects the zero-terminal-SNR "
+                    "v-prediction SD 2.1; v1/v2 the plain eps SD 2.1 base.")),
             ],
             outputs=[IRControlNetType.Output(display_name="IRCONTROLNET", tooltip=(
                 "The loaded IRControlNet; connect it to 'DiffBIR Apply IRControlNet'."))],
@@ -53,10 +54,9 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRApplyIRControlNet",
-            **comfy_compat.schema_fields(search_aliases=[
-                "controlnet", "restore", "upscale", "super resolution"]),
+            **menu.search("controlnet", "ircontrolnet", restore=True),
             display_name="DiffBIR Apply IRControlNet",
-            category="DiffBIR/conditioning",
+            category=menu.CONTROL,
             description=(
                 "DiffBIR stage 2: encodes the stage-1 (cleaned) image with the VAE (posterior mode x 0.18215, padded "
                 "as the official code does) and attaches the IRControlNet to the positive and negative conditioning "
@@ -154,8 +154,9 @@ class DiffBIRCropToStage1(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRCropToStage1",
+            **menu.search("crop", "remove padding", "output size"),
             display_name="DiffBIR Crop to Stage-1 Size",
-            category="DiffBIR/conditioning",
+            category=menu.OUTPUT,
             description=(
                 "Removes the zero padding 'DiffBIR Apply IRControlNet' added before sampling: crops the decoded image "
                 "(top-left) to the stage-1 image's size, as the official code does after decoding. Put it right "

@@ -4,6 +4,7 @@ files in the model folders or downloading the missing ones."""
 from comfy_api.latest import io
 
 from ..diffbir_modules import preset_loading, presets
+from . import menu
 from .ircontrolnet import IRControlNetType
 
 
@@ -19,8 +20,9 @@ class DiffBIRPresetLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRPresetLoader",
+            **menu.search("load", "preset", "all in one", "checkpoint", "controlnet", "face", restore=True),
             display_name="DiffBIR Preset Loader",
-            category="DiffBIR/loaders",
+            category=menu.PRESETS,
             description=(
                 "Loads everything one official DiffBIR version and task uses: the SD 2.1 checkpoint (MODEL, CLIP, "
                 "VAE), the IRControlNet and the stage-1 cleaner, plus the official sampling settings. Files are "

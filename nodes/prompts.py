@@ -4,6 +4,7 @@ tokenisation (one 77-token chunk)."""
 from comfy_api.latest import io
 
 from ..diffbir_modules import prompts
+from . import menu
 
 
 class DiffBIRDefaultPrompts(io.ComfyNode):
@@ -11,8 +12,9 @@ class DiffBIRDefaultPrompts(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRDefaultPrompts",
+            **menu.search("prompt", "positive", "negative", "caption"),
             display_name="DiffBIR Default Prompts",
-            category="DiffBIR/conditioning",
+            category=menu.CONTROL,
             description=(
                 "The official prompts and CFG scale of a DiffBIR version: v1 empty prompts, cfg 1; v2 empty "
                 "positive, negative 'low quality, blurry, ...', cfg 4; v2.1 the long 'Cinematic, High Contrast, ...' "
@@ -45,8 +47,9 @@ class DiffBIRTextEncode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRTextEncode",
+            **menu.search("prompt", "clip text encode", "text", "caption"),
             display_name="DiffBIR Text Encode",
-            category="DiffBIR/conditioning",
+            category=menu.CONTROL,
             description=(
                 "CLIP Text Encode with DiffBIR's official tokenisation: one 77-token chunk (longer prompts are cut "
                 "after 75 tokens, as the official OpenCLIP tokenizer does; ComfyUI's own encoder instead adds more "

@@ -5,7 +5,8 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import sampling, schedules
+from ..diffbir_modules import official_solvers, sampling, schedules
+from . import menu
 
 VERSIONS = list(schedules.VERSIONS)
 VERSION_TOOLTIP = ("The DiffBIR generation the IRControlNet belongs to. v1 and v2: eps-prediction SD 2.1 base "
@@ -24,8 +25,9 @@ class DiffBIRModelSampling(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRModelSampling",
+            **menu.search("model sampling", "v prediction", "zero terminal snr", "ztsnr"),
             display_name="DiffBIR Model Sampling",
-            category="DiffBIR/sampling",
+            category=menu.SAMPLING,
             description=(
                 "Sets the model's noise schedule and prediction type to exactly what the DiffBIR version was "
                 "trained with: v1/v2 eps-prediction on SD's linear betas, v2.1 v-prediction with zero terminal "
@@ -49,8 +51,9 @@ class DiffBIRSpacedSigmas(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRSpacedSigmas",
+            **menu.search("sigmas", "schedule", "scheduler", "ddpm", "spaced"),
             display_name="DiffBIR Spaced Sigmas",
-            category="DiffBIR/sampling",
+            category=menu.SAMPLING,
             description=(
                 "The timesteps of DiffBIR's official 'spaced' sampler (IDDPM respacing: 4 steps -> 999, 666, 333, 0; "
                 "50 steps -> 999, 979, 958, ... 20, 0) as SIGMAS, for DiffBIR Spaced Sampler in SamplerCustom. "
@@ -73,8 +76,9 @@ class DiffBIREDMSigmas(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIREDMSigmas",
+            **menu.search("sigmas", "schedule", "scheduler", "karras", "edm"),
             display_name="DiffBIR EDM Sigmas",
-            category="DiffBIR/sampling",
+            category=menu.SAMPLING,
             description=(
                 "The sigma schedule of DiffBIR's official edm_* samplers (v2.1's default is edm_dpm++_3m_sde, 10 "
                 "steps): timesteps linspace(999, 0, steps) without 0, sigma = sqrt((1-acp)/acp) (the first forced "
@@ -103,8 +107,9 @@ class DiffBIRSpacedSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRSpacedSampler",
+            **menu.search("sampler", "ddpm", "spaced"),
             display_name="DiffBIR Spaced Sampler",
-            category="DiffBIR/sampling",
+            category=menu.SAMPLING,
             description=(
                 "DiffBIR's official 'spaced' sampler (respaced DDPM, the v1/v2 default) for SamplerCustom or "
                 "SamplerCustomAdvanced; give it DiffBIR Spaced Sigmas. Stochastic: fresh noise every step, which "
@@ -127,8 +132,9 @@ class DiffBIREDMSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIREDMSampler",
+            **menu.search("sampler", "dpm++", "dpmpp", "edm", "sde"),
             display_name="DiffBIR EDM Sampler",
-            category="DiffBIR/sampling",
+            category=menu.SAMPLING,
             description=(
                 "DiffBIR's official edm_* samplers (v2.1 default: dpm++_3m_sde) for SamplerCustom with DiffBIR EDM "
                 "Sigmas: ComfyUI's own k-diffusion solvers, driven with the official options, noise stream, "
@@ -171,13 +177,130 @@ class DiffBIREDMSampler(io.ComfyNode):
         return io.NodeOutput(comfy.samplers.KSAMPLER(sampling.sample_edm_official, options))
 
 
+class DiffBIRDDIMSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDDIMSigmas",
+            **menu.search("sigmas", "ddim", "schedule"),
+            display_name="DiffBIR DDIM Sigmas",
+            category=menu.SAMPLING,
+            description=(
+                "The timesteps of DiffBIR's official 'ddim' sampler (every 1000 // steps-th training step + 1: 4 "
+                "steps -> 751, 501, 251, 1; 7 steps -> 8 timesteps 995 .. 1, as officially) as SIGMAS, then 0, for "
+                "DiffBIR DDIM Sampler. The stock ddim_uniform scheduler gives the same only when steps divides "
+                "1000. More steps: more detail, slower."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to sample (its schedule gives the sigma of each timestep)."),
+                io.Int.Input("steps", default=10, min=1, max=500, tooltip="Number of steps (official default 10)."),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="Decreasing sigmas at the official DDIM timesteps, then 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(official_solvers.ddim_sigmas(model.get_model_object("model_sampling"), steps))
+
+
+class DiffBIRDDIMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDDIMSampler",
+            **menu.search("sampler", "ddim"),
+            display_name="DiffBIR DDIM Sampler",
+            category=menu.SAMPLING,
+            description=(
+                "DiffBIR's official 'ddim' sampler (eta 0: deterministic) for SamplerCustom / SamplerCustomAdvanced "
+                "with DiffBIR DDIM Sigmas. Like the official code it starts from the noise as the latent of its first "
+                "timestep and ends at the first training step's noise level instead of 0, so the result equals the "
+                "official one (stock ddim / euler end on the denoised estimate and scale the noise differently)."),
+            inputs=[],
+            outputs=[io.Sampler.Output(tooltip="The sampler, for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(official_solvers.sample_ddim))
+
+
+class DiffBIRDPMSolverSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDPMSolverSigmas",
+            **menu.search("sigmas", "dpm", "dpm++_m2", "schedule"),
+            display_name="DiffBIR DPM-Solver Sigmas",
+            category=menu.SAMPLING,
+            description=(
+                "The noise levels of DiffBIR's official 'dpm++_m2' sampler (DPM-Solver++ on the continuous times "
+                "linspace(1, 1/1000, steps + 1)), for DiffBIR DPM-Solver Sampler. The last one is the first "
+                "training step's noise level, not 0, as officially. More steps: more detail, slower."),
+            inputs=[
+                io.Model.Input("model", tooltip=(
+                    "The model through DiffBIR Model Sampling (its version sets the schedule).")),
+                io.Int.Input("steps", default=10, min=2, max=1000, tooltip="Number of steps (official default 10)."),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="steps + 1 decreasing sigmas.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(official_solvers.dpm_solver_sigmas(model.get_model_object("model_sampling"), steps))
+
+
+class DiffBIRDPMSolverSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRDPMSolverSampler",
+            **menu.search("sampler", "dpm", "dpm++_m2", "dpm-solver"),
+            display_name="DiffBIR DPM-Solver Sampler",
+            category=menu.SAMPLING,
+            description=(
+                "DiffBIR's official 'dpm++_m2' sampler (DPM-Solver++ 2M, deterministic) for SamplerCustom / "
+                "SamplerCustomAdvanced with DiffBIR DPM-Solver Sigmas. It evaluates the model at the official "
+                "fractional timesteps, which the stock dpmpp_2m cannot, so the result equals the official one. "
+                "Needs DiffBIR Model Sampling."),
+            inputs=[],
+            outputs=[io.Sampler.Output(tooltip="The sampler, for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(official_solvers.sample_dpm_solver))
+
+
+class DiffBIRRescaleCFG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffBIRRescaleCFG",
+            **menu.search("rescale cfg", "cfg", "guidance"),
+            display_name="DiffBIR Rescale CFG",
+            category=menu.SAMPLING,
+            description=(
+                "The official --rescale_cfg: the CFG scale follows 1 + cfg * (1 - cos(pi * ((1000 - t) / "
+                "1000)^5)) / 2 over the model timestep t, rising from 1 at the start (t = 999) to cfg + 1 at the "
+                "end. Keeps the early, noisy steps close to the stage-1 image (fidelity) and lets the prompt act "
+                "on the details (realism). Works with every sampler; CFG of 1 or less is left as it is."),
+            inputs=[io.Model.Input("model", tooltip="The model to sample (after DiffBIR Model Sampling).")],
+            outputs=[io.Model.Output(tooltip="The same model with the rescaled CFG.")],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        return io.NodeOutput(official_solvers.with_rescaled_cfg(model))
+
+
 class DiffBIRConditionNoiseAugment(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRConditionNoiseAugment",
+            **menu.search("noise augmentation", "condition", "noise level"),
             display_name="DiffBIR Condition Noise Augmentation",
-            category="DiffBIR/conditioning",
+            category=menu.CONTROL,
             description=(
                 "The official --noise_aug: noises the IRControlNet condition latent to diffusion timestep N "
                 "(q_sample) in both positive and negative conditioning (the same noisy tensor, as officially). "

@@ -4,7 +4,8 @@ size rules, and a loader that reads every published stage-1 file with clear erro
 import folder_paths
 from comfy_api.latest import io
 
-from ..diffbir_modules import comfy_compat, presets, stage1
+from ..diffbir_modules import presets, stage1
+from . import menu
 
 PRESET_OPTIONS = ["auto", *presets.preset_names()]
 WEIGHTING_OPTIONS = ["gaussian", "gaussian_symmetric", "uniform"]
@@ -15,11 +16,10 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRDegradationRemoval",
-            **comfy_compat.schema_fields(search_aliases=[
-                "restore", "restoration", "upscale", "super resolution", "denoise", "deblur", "jpeg artifacts",
-                "face", "swinir", "bsrnet", "scunet"]),
+            **menu.search("restore", "restoration", "upscale", "super resolution", "denoise", "deblur",
+                "jpeg artifacts", "sharpen", "enhance", "face", "swinir", "bsrnet", "scunet"),
             display_name="DiffBIR Degradation Removal (stage 1)",
-            category="DiffBIR/stage 1",
+            category=menu.STAGE1,
             description=(
                 "DiffBIR's first stage: a restoration network (SwinIR, BSRNet, SCUNet or any model from 'Load "
                 "Upscale Model') removes noise, blur and compression, with the official resize/pad rules so the "
@@ -95,10 +95,9 @@ class DiffBIRStage1Loader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRStage1Loader",
-            **comfy_compat.schema_fields(search_aliases=[
-                "upscale model", "restoration model", "swinir", "bsrnet", "scunet"]),
+            **menu.search("upscale model", "restoration model", "swinir", "bsrnet", "scunet"),
             display_name="DiffBIR Load Stage-1 Model",
-            category="DiffBIR/stage 1",
+            category=menu.STAGE1,
             description=(
                 "Loads a stage-1 cleaner from models/upscale_models: every published DiffBIR/KAIR file "
                 "(Lightning .ckpt, 'module.'-prefixed, plain .pth, safetensors) or any spandrel restoration model. "

@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..diffbir_modules import guards, tiled_vae
 from ..diffbir_modules import tiled_diffusion as td
+from . import menu
 
 WEIGHTING_OPTIONS = ["gaussian", "gaussian_symmetric", "uniform"]
 
@@ -14,8 +15,9 @@ class DiffBIRTiledSampling(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRTiledSampling",
+            **menu.search("tile", "tiled", "large image", "high resolution", "multidiffusion", restore=True),
             display_name="DiffBIR Tiled Sampling",
-            category="DiffBIR/tiling",
+            category=menu.TILING,
             description=(
                 "Lets any sampler restore images too large for memory (official --cldm_tiled): every model call is "
                 "run on overlapping latent tiles and the outputs are blended with the official gaussian weights. The "
@@ -58,8 +60,9 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRVAEDecodeTiled",
+            **menu.search("vae decode", "tiled decode", "tile", "large image"),
             display_name="DiffBIR VAE Decode (exact tiles)",
-            category="DiffBIR/tiling",
+            category=menu.TILING,
             description=(
                 "Decodes a latent in tiles without the colour and contrast shifts of independently decoded tiles: "
                 "the small latent-resolution part (with its global attention) runs whole, and the GroupNorm "
@@ -95,8 +98,9 @@ class DiffBIRVAEEncodeTiled(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffBIRVAEEncodeTiled",
+            **menu.search("vae encode", "tiled encode", "tile", "large image"),
             display_name="DiffBIR VAE Encode (exact tiles)",
-            category="DiffBIR/tiling",
+            category=menu.TILING,
             description=(
                 "Encodes an image in tiles with the GroupNorm statistics of the whole image and the latent-resolution "
                 "part (with its global attention) run whole, so the latent equals an untiled encode to float "

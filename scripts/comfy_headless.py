@@ -143,7 +143,10 @@ class ComfyServer:
         node's error message."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
+            try:
+                history = self.get(f"/history/{prompt_id}")
+            except (TimeoutError, urllib.error.URLError):  # on a loaded CPU the busy server may answer late
+                history = {}
             if prompt_id in history:
                 entry = history[prompt_id]
                 status = entry.get("status", {})

@@ -22,8 +22,8 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 t0=$(date +%s)
 "$py" - "$variant" <<'PY'
 import sys, time
-sys.path.insert(0, "tests")
-import comfy_runtime, model_factory, tempfile, pathlib
+import tempfile, pathlib
+from devkit import comfy_runtime, model_factory  # stdin script: the repository root is on the import path
 comfy_runtime.start(pathlib.Path(tempfile.mkdtemp()), cpu=True)  # the factory needs comfy's modules
 t = time.time()
 print(model_factory.sd2_checkpoint(sys.argv[1]), model_factory.ircontrolnet_file(sys.argv[1], fmt="safetensors"))

@@ -135,8 +135,17 @@ def patch_prompt(prompt: dict, image_name: str, prefix: str, args) -> dict:
     for node in prompt.values():
         for name, value in overrides.items():
             if value is not None and name in node["inputs"] and not isinstance(node["inputs"][name], list):
+                if name == "upscale" and _fed_by(prompt, node["inputs"].get("image"), "DiffBIRFaceDetectAlign"):
+                    continue  # aligned face crops keep their size; the upscale is the whole image's
                 node["inputs"][name] = value
+        if node["class_type"] == "ImageScaleBy" and args.upscale is not None:
+            node["inputs"]["scale_by"] = args.upscale  # faces are found on the image at its output size
     return prompt
+
+
+def _fed_by(prompt: dict, link, class_type: str) -> bool:
+    """Whether the input ``link`` ([node id, output]) comes from a node of ``class_type``."""
+    return isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == class_type
 
 
 def output_path(output: Path, image: Path, n: int, suffix: str, inputs: set[Path]) -> Path | None:

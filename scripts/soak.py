@@ -97,7 +97,8 @@ def main(argv=None) -> int:
                     outcome = "FAILED"
             rss = process.memory_info().rss / 2**20
             report["rss_mib"].append(round(rss, 1))
-            print(f"[{i + 1}/{args.prompts}] {name}: {outcome}, server RSS {rss:.0f} MiB", flush=True)
+            print(f"[{i + 1}/{args.prompts}] {name}: {outcome}, server RSS {rss:.0f} MiB, "
+                  f"{report['outputs']} outputs so far", flush=True)  # a partial run still has its figures
     baseline = report["rss_mib"][min(args.warmup, len(report["rss_mib"])) - 1]
     final = report["rss_mib"][-1]
     report.update(seconds=round(time.monotonic() - started, 1), rss_after_warmup_mib=baseline, rss_end_mib=final,

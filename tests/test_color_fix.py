@@ -19,7 +19,7 @@ def test_wavelet_split_reconstructs_exactly(comfy):
     assert color_fix.wavelet_color_fix(x, x).sub(x).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("method", ["wavelet", "adain"])
+@pytest.mark.parametrize("method", ["wavelet", "adain", "lab"])
 def test_color_fix_node_takes_reference_colours(comfy, method):
     node = comfy.node_class("DiffBIRColorFix")
     restored = photo(1)
@@ -45,3 +45,32 @@ def test_color_fix_rejects_mismatched_batches(comfy):
     node = comfy.node_class("DiffBIRColorFix")
     with pytest.raises(ValueError, match="batch of 2 .* batch of 3"):
         node.execute(photo(b=2), photo(b=3), "wavelet")
+
+
+def test_lab_conversion_matches_cielab_and_round_trips(comfy):
+    color_fix = comfy.pack_module("diffbir_modules.color_fix")
+    # Published CIELAB (D65) values of sRGB white, red, green, blue and mid grey, to their 2 decimals.
+    known = {(1, 1, 1): (100.0, 0.0, 0.0), (1, 0, 0): (53.24, 80.09, 67.20), (0, 1, 0): (87.73, -86.18, 83.18),
+             (0, 0, 1): (32.30, 79.19, -107.86), (0.5, 0.5, 0.5): (53.39, 0.0, 0.0)}
+    rgb = torch.tensor(list(known), dtype=torch.float32).view(-1, 3, 1, 1)
+    lab = color_fix.rgb_to_lab(rgb).view(-1, 3)
+    assert (lab - torch.tensor(list(known.values()), dtype=torch.float64)).abs().max() < 0.01
+    # unclipped values (the official decode) survive the round trip too; float64 inside: 1e-9 is float
+    # rounding over a cube root and a 2.4th power
+    x = photo(5).movedim(-1, 1).double() * 1.4 - 0.2
+    assert (color_fix.lab_to_rgb(color_fix.rgb_to_lab(x)) - x).abs().max() < 1e-9
+    assert color_fix.lab_color_fix(x.float(), x.float()).sub(x.float()).abs().max() < 1e-5
+
+
+def test_lab_fix_moves_colour_without_touching_a_gray_images_lightness(comfy):
+    """A colour cast on a gray image: Lab takes the reference's colour axes; the lightness pattern of the
+    restored image stays (its L mean and spread are matched, and the reference has the same L)."""
+    color_fix = comfy.pack_module("diffbir_modules.color_fix")
+    gray = photo(6, c=1).expand(-1, -1, -1, 3).movedim(-1, 1).contiguous()
+    tinted = (gray * torch.tensor([1.0, 0.85, 0.7]).view(1, 3, 1, 1))
+    out = color_fix.lab_color_fix(gray, tinted)
+    lab_out, lab_ref = color_fix.rgb_to_lab(out), color_fix.rgb_to_lab(tinted)
+    assert (lab_out[:, 1:].mean(dim=(2, 3)) - lab_ref[:, 1:].mean(dim=(2, 3))).abs().max() < 1e-6
+    assert lab_out[:, 1:].mean() > 3  # it did get the warm cast (a, b > 0)
+    lightness = torch.stack([lab_out[:, 0].flatten(), color_fix.rgb_to_lab(gray)[:, 0].flatten()])
+    assert torch.corrcoef(lightness)[0, 1] > 0.9999  # L is a linear map of the input's L (float rounding)

@@ -34,7 +34,7 @@ SIGMA_NODES = ("DiffBIRSpacedSigmas", "DiffBIREDMSigmas")
 # more levels would be a real difference. Measured (ComfyUI 0.3.75, torch 2.13 CPU, 2 threads, goldens
 # made on the same machine type): v2.1 SwinIR max 1, mean 0.0003 levels (0.026% of values differ);
 # v2 BSRNet max 1, mean 0.0001 (0.011%); v2 SCUNet denoise max 1 (0.004%); v1 SwinIR max 1, mean 0.0001
-# (0.005%).
+# (0.005%); v2.1 tiled max 1, mean 0.0002 (0.023%); v2.1 SwinIR batch of 2 max 1, mean 0.0004 (0.041%).
 MAX_LEVELS = 1
 # The share of values one level off: a float difference d flips a truncated level with probability
 # about 255 * d, so the ~1e-5 of the per-stage goldens gives ~0.3% at most; measured <= 0.026%
@@ -57,15 +57,30 @@ def fp32_server():
     server.stop()
 
 
+def repeat_loaded_image(prompt: dict, amount: int) -> None:
+    """The official --n_samples N: the loaded image repeated N times as one batch (stock RepeatImageBatch
+    between LoadImage and everything that read it)."""
+    [load_id] = [k for k, n in prompt.items() if n["class_type"] == "LoadImage"]
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if value == [load_id, 0]:
+                node["inputs"][name] = ["e2e_repeat", 0]
+    prompt["e2e_repeat"] = {"class_type": "RepeatImageBatch", "inputs": {"image": [load_id, 0], "amount": amount}}
+
+
 def shipped_prompt(server, case_id: str, case: dict) -> tuple[dict, str]:
     workflow = json.loads((REPO / "example_workflows" / f"{case['workflow']}.json").read_text())
     prompt = comfy_headless.workflow_to_prompt(workflow, server.object_info())
     image_name = f"e2e_{case_id}.png"
     Image.open(GOLDEN / f"{case_id}_lq.png").save(server.base / "input" / image_name)
+    if case.get("n_samples", 1) > 1:
+        repeat_loaded_image(prompt, case["n_samples"])
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "LoadImage":
             inputs["image"] = image_name
+        elif kind == "DiffBIRTiledSampling":  # the workflow's 0 = automatic from free memory; official 512 / 256
+            inputs["tile_size"], inputs["tile_stride"] = case["tile_size"], case["tile_stride"]
         elif kind in SIGMA_NODES:
             inputs["steps"] = CASES["steps"]
         elif kind == "CheckpointLoaderSimple":
@@ -83,13 +98,16 @@ def test_shipped_workflow_matches_official(fp32_server, case_id):
     case = CASES["cases"][case_id]
     prompt, save_id = shipped_prompt(fp32_server, case_id, case)
     entry = fp32_server.run(prompt, timeout=1800)
-    [path] = fp32_server.output_images(entry, save_id)
-    ours = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-    official = np.asarray(Image.open(GOLDEN / f"{case_id}_official.png").convert("RGB")).astype(np.int16)
+    paths = fp32_server.output_images(entry, save_id)
+    n = case.get("n_samples", 1)
+    assert len(paths) == n
+    names = [f"{case_id}_official.png"] if n == 1 else [f"{case_id}_official_{i}.png" for i in range(n)]
+    ours = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]).astype(np.int16)
+    official = np.stack([np.asarray(Image.open(GOLDEN / name).convert("RGB")) for name in names]).astype(np.int16)
     lq_w, lq_h = CASES["lq_size"]
-    assert official.shape[:2] == (int(lq_h * case["upscale"]), int(lq_w * case["upscale"]))
-    assert ours.shape == official.shape, f"size {ours.shape[1]}x{ours.shape[0]}, official {official.shape[1]}x" \
-                                         f"{official.shape[0]}"
+    assert official.shape[1:3] == (int(lq_h * case["upscale"]), int(lq_w * case["upscale"]))
+    assert ours.shape == official.shape, f"size {ours.shape[2]}x{ours.shape[1]}, official {official.shape[2]}x" \
+                                         f"{official.shape[1]}"
     diff = np.abs(ours - official)
     print(f"{case_id}: max {diff.max()} mean {diff.mean():.4f} levels, {(diff > 0).mean() * 100:.3f}% differ")
     assert diff.max() <= MAX_LEVELS, f"max {diff.max()} mean {diff.mean():.3f} uint8 levels off the official result"

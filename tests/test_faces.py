@@ -256,8 +256,10 @@ def test_weight_errors_say_what_to_do(comfy, tmp_path, monkeypatch):
     for part in (parsenet.filename, parsenet.urls[0], str(empty), "download_missing = false"):
         assert part in str(info.value)
     detection = comfy.pack_module("diffbir_modules.face_detection")
-    with pytest.raises(ValueError, match="not a RetinaFace file"):
+    with pytest.raises(ValueError, match="parsing_parsenet.pth is a ParseNet face parser.*Face Parser Loader"):
         detection.build_retinaface({"out_mask_conv.conv2d.weight": torch.zeros(1)}, source="parsing_parsenet.pth")
+    with pytest.raises(ValueError, match="not a RetinaFace file"):
+        detection.build_retinaface({"unknown.weight": torch.zeros(1)}, source="unknown.pth")
     broken = model_factory.face_state_dict(model_factory.retinaface_layout("mobilenet0.25"), 0)
     broken.pop("ssh1.conv3X3.0.weight")
     with pytest.raises(ValueError, match="1 missing keys"):

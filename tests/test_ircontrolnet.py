@@ -129,7 +129,10 @@ def test_loader_version_override_and_known_hash(comfy, irc, ircontrolnet_tiny, m
         fp = irc.fingerprint(model_factory.ircontrolnet_state_dict("tiny"))
         monkeypatch.setitem(irc.KNOWN_FINGERPRINTS, fp, "v2")
         assert loader.execute(ircontrolnet_tiny, "auto").result[0].version == "v2"
-        assert loader.execute(ircontrolnet_tiny, "v1").result[0].version == "v1"  # the user decides
+        # a known v2 file run as v1 would sample with the wrong schedule: refused, with what to set
+        with pytest.raises(ValueError, match="this is a v2 IRControlNet .known file.*version v1 was chosen.*"
+                                             "Set version to auto or v2"):
+            loader.execute(ircontrolnet_tiny, "v1")
 
 
 def test_loader_refuses_an_sd_checkpoint(comfy, sd2_tiny):
@@ -156,9 +159,17 @@ def test_loader_names_a_truncated_file(irc, tmp_path, fmt):
 
 
 def test_loader_names_an_unknown_state_dict(irc, tmp_path):
+    path = tmp_path / "something.pth"
+    torch.save({"first.weight": torch.randn(8, 3, 3, 3), "last.bias": torch.randn(3)}, path)
+    with pytest.raises(ValueError, match="something.pth: not an IRControlNet state dict.*first.weight"):
+        irc.load_ircontrolnet(str(path))
+
+
+def test_loader_names_a_stage1_file(irc, tmp_path):
     path = tmp_path / "some-upscaler.pth"
     torch.save({"conv_first.weight": torch.randn(8, 3, 3, 3), "conv_last.bias": torch.randn(3)}, path)
-    with pytest.raises(ValueError, match="some-upscaler.pth: not an IRControlNet state dict.*conv_first.weight"):
+    with pytest.raises(ValueError, match="some-upscaler.pth is a stage-1 cleaner.*DiffBIR Load Stage-1 Model.*"
+                                         "Expected an IRControlNet"):
         irc.load_ircontrolnet(str(path))
 
 

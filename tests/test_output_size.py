@@ -41,6 +41,21 @@ def test_lanczos_is_v1s_uint8_pil_resize(comfy):
     assert np.array_equal((out[0].numpy() * 255).round().astype(np.uint8), expected)
 
 
+def test_bicubic_uint8_is_the_official_pil_upscale_of_a_loaded_photo(comfy):
+    """The official faces-in-the-wild loop upscales the loaded 8-bit photo with PIL BICUBIC before
+    detection; an image loaded by LoadImage (uint8 / 255) round-trips to the same bytes."""
+    node = comfy.node_class("DiffBIRResizeToOutputSize")
+    photo = np.random.default_rng(3).integers(0, 256, size=(29, 41, 3), dtype=np.uint8)
+    loaded = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
+    out = node.execute(loaded, 164, 116, "bicubic_uint8").result[0]
+    expected = np.asarray(Image.fromarray(photo).resize((164, 116), Image.BICUBIC))
+    assert out.shape == (1, 116, 164, 3)
+    assert np.array_equal((out[0].numpy() * 255).round().astype(np.uint8), expected)
+    # torch's bicubic (core Upscale Image) is another kernel
+    core = F.interpolate(loaded.movedim(-1, 1), size=(116, 164), mode="bicubic").clamp(0, 1).movedim(1, -1)
+    assert ((core[0].numpy() * 255).round().astype(np.uint8).astype(int) - expected).__abs__().max() > 1
+
+
 def test_alpha_is_resized_and_clipped(comfy):
     node = comfy.node_class("DiffBIRResizeToOutputSize")
     rgba = torch.cat([overshooting(h=20, w=20), torch.ones(1, 20, 20, 1)], dim=-1)

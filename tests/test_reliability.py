@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from scripts import comfy_headless
 pytestmark = pytest.mark.server
 PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"
 
-CKPT, IRC, CLEANER = "tiny.safetensors", "irc.pth", "scunet.pth"
+CKPT, IRC, CLEANER, SD15 = "tiny.safetensors", "irc.pth", "scunet.pth", "sd15.safetensors"
 RESNET50, MOBILENET = "detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth"
 PARSENET = "parsing_parsenet.pth"
 
@@ -98,13 +100,13 @@ def stage1_graph(image=None, model=CLEANER, **options):
             "save": save("s1")}
 
 
-def stage2_graph(image=None, irc=IRC, start=0.0, end=1.0, poison=None):
+def stage2_graph(image=None, irc=IRC, start=0.0, end=1.0, poison=None, version="auto", model_ckpt=None):
     graph = {
         "img": image or empty_image(64, 64),
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "irc": {"class_type": "DiffBIRIRControlNetLoader", "inputs": {"ircontrolnet_name": irc, "version": "auto"}},
+        "irc": {"class_type": "DiffBIRIRControlNetLoader", "inputs": {"ircontrolnet_name": irc, "version": version}},
         "apply": {"class_type": "DiffBIRApplyIRControlNet", "inputs": {
             "positive": ["pos", 0], "negative": ["neg", 0], "ircontrolnet": ["irc", 0], "vae": ["ckpt", 2],
             "image": ["img", 0], "strength": 1.0, "start_percent": start, "end_percent": end,
@@ -117,6 +119,9 @@ def stage2_graph(image=None, irc=IRC, start=0.0, end=1.0, poison=None):
     if poison:
         graph["bad"] = poisoned("img", poison)
         graph["apply"]["inputs"]["image"] = ["bad", 0]
+    if model_ckpt:  # sample another checkpoint's model (the text encoder and VAE stay SD 2.1's)
+        graph["model"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model_ckpt}}
+        graph["ks"]["inputs"]["model"] = ["model", 0]
     return graph
 
 
@@ -277,6 +282,38 @@ CASES += [
          errors=(PARSENET, r"(?i)parsenet|parser"), setup=lambda m: swap(m, PARSENET, "copy", "resnet50")),
 ]
 
+# a file of the wrong kind or version for what the loader or the run needs: what it is, where it goes
+EXPECT_IRC = r"Expected an IRControlNet"
+EXPECT_STAGE1 = r"Expected a stage-1 cleaner"
+CASES += [
+    Case("irc-v1-file-as-v2.1", "wrong version", lambda: stage2_graph(irc="irc_v1.ckpt", version="v2.1"),
+         errors=("irc_v1.ckpt", r"this is a v1 IRControlNet", "version v2.1 was chosen", "Set version to auto or v1"),
+         files={"diffbir/irc_v1.ckpt": ("copy", "irc.v1")}),
+    Case("sd15-model-with-irc", "wrong version", lambda: stage2_graph(model_ckpt=SD15),
+         errors=("KSampler", r"an SD 1\.x-shaped model", "context_dim 768 vs 1024", "DiffBIR needs SD 2.1")),
+    Case("irc-given-controlnet", "wrong architecture", lambda: stage2_graph(irc="stock_cn.safetensors"),
+         errors=("stock_cn.safetensors", "stock ControlNet", "Load ControlNet Model"),
+         files={"diffbir/stock_cn.safetensors": ("copy", "controlnet")}),
+    Case("irc-given-face-detector", "wrong architecture", lambda: stage2_graph(irc="detector_as_irc.pth"),
+         errors=("detector_as_irc.pth", "a RetinaFace face detector", "models/facedetection", EXPECT_IRC),
+         files={"diffbir/detector_as_irc.pth": ("copy", "resnet50")}),
+    Case("stage1-given-face-detector", "wrong architecture", lambda: stage1_graph(model="detector_as_stage1.pth"),
+         errors=("detector_as_stage1.pth", "a RetinaFace face detector", "models/facedetection", EXPECT_STAGE1),
+         files={"upscale_models/detector_as_stage1.pth": ("copy", "resnet50")}),
+    Case("stage1-given-parser", "wrong architecture", lambda: stage1_graph(model="parser_as_stage1.pth"),
+         errors=("parser_as_stage1.pth", "a ParseNet face parser", "Face Parser Loader", EXPECT_STAGE1),
+         files={"upscale_models/parser_as_stage1.pth": ("copy", "parsenet")}),
+    Case("stage1-given-controlnet", "wrong architecture", lambda: stage1_graph(model="cn_as_stage1.safetensors"),
+         errors=("cn_as_stage1.safetensors", "stock ControlNet", "Load ControlNet Model", EXPECT_STAGE1),
+         files={"upscale_models/cn_as_stage1.safetensors": ("copy", "controlnet")}),
+    Case("detector-given-stage1", "wrong architecture", lambda: faces_graph(detector="retinaface_resnet50"),
+         errors=(RESNET50, "a stage-1 cleaner", "DiffBIR Load Stage-1 Model", "Expected a RetinaFace"),
+         setup=lambda m: swap(m, RESNET50, "copy", "cleaner")),
+    Case("parser-given-irc", "wrong architecture", lambda: faces_graph(parser=True),
+         errors=(PARSENET, "an IRControlNet", "IRControlNet loader", "Expected a ParseNet"),
+         setup=lambda m: swap(m, PARSENET, "copy", "irc.pth")),
+]
+
 # pickles that would run code
 PICKLE_SAID = (r"refused", r"(?i)pickle", r"(?i)weights-only|safetensors")
 CASES += [
@@ -411,10 +448,126 @@ CASES += [
 ]
 
 
+# -- interrupts: one case per long loop ---------------------------------------------------------------
+def empty_prompt_graph() -> dict:
+    """One empty prompt for both conditionings (the same node as guidance_graph's, so its output is
+    computed once and stays in ComfyUI's cache from case to case)."""
+    graph = text_graph("")
+    graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}}
+    del graph["neg"]
+    graph["ks"]["inputs"]["negative"] = ["pos", 0]
+    return graph
+
+
+def sampler_graph(sampler: str, steps: int) -> dict:
+    """SamplerCustom with one of DiffBIR's samplers and its sigmas (a 64x64 latent)."""
+    graph = empty_prompt_graph()
+    del graph["ks"]
+    if sampler == "spaced":
+        graph["sigmas"] = {"class_type": "DiffBIRSpacedSigmas", "inputs": {"model": ["ckpt", 0], "steps": steps}}
+        graph["sampler"] = {"class_type": "DiffBIRSpacedSampler", "inputs": {"noise_stream": "official"}}
+    else:
+        graph["sigmas"] = {"class_type": "DiffBIREDMSigmas", "inputs": {"model": ["ckpt", 0], "steps": steps,
+                                                                        "first_sigma": "auto"}}
+        graph["sampler"] = {"class_type": "DiffBIREDMSampler", "inputs": {
+            "solver": "dpm++_3m_sde", "noise_stream": "official", "timestep_lookup": "nearest_1000", "eta": 1.0,
+            "s_noise": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 300.0, "order": 1}}
+    graph["ks"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["ckpt", 0], "add_noise": True, "noise_seed": 1, "cfg": 1.0, "positive": ["pos", 0],
+        "negative": ["pos", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}}
+    return graph
+
+
+def tiled_sampling_graph(size: int, steps: int) -> dict:
+    graph = empty_prompt_graph()
+    graph["lat"]["inputs"].update(width=size, height=size)
+    graph["tiles"] = {"class_type": "DiffBIRTiledSampling", "inputs": {
+        "model": ["ckpt", 0], "tile_size": 64, "tile_stride": 8, "tile_batch": 1, "weighting": "gaussian"}}
+    graph["ks"]["inputs"].update(model=["tiles", 0], steps=steps)
+    return graph
+
+
+def vae_decode_graph(size: int) -> dict:
+    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+            "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "dec": {"class_type": "DiffBIRVAEDecodeTiled", "inputs": {"vae": ["ckpt", 2], "samples": ["lat", 0],
+                                                                      "tile_size": 64}},
+            "save": save("dec")}
+
+
+def with_inputs(graph: dict, node: str, **inputs) -> dict:
+    graph[node]["inputs"].update(inputs)
+    return graph
+
+
+def many_faces_graph(parser=False) -> dict:
+    """Hundreds of faces to parse and paste back: the random-weight detector with confidence 0 finds
+    a face at nearly every anchor of a noisy 128x128 image (RGBA PNG scaled up)."""
+    graph = faces_graph(load_image("rgba.png"), parser=parser, background_poison=None)
+    graph["up"] = {"class_type": "ImageScale", "inputs": {"image": ["img", 0], "upscale_method": "nearest-exact",
+                                                          "width": 128, "height": 128, "crop": "disabled"}}
+    with_inputs(graph, "align", image=["up", 0], confidence=0.0, selection="all")
+    if not parser:
+        graph["paste"] = {"class_type": "DiffBIRFacePasteBack", "inputs": {
+            "background": ["up", 0], "restored_faces": ["align", 0], "faces": ["align", 1], "color_match": "none",
+            "feather": 1.0, "official_quirks": False}}
+        graph["save"] = save("paste")
+    return with_inputs(graph, "paste", background=["up", 0])
+
+
+def guidance_interrupt_graph() -> dict:
+    """Guidance in RGB space, tiled, on a 512x512 image for 200 steps: most of each step is the
+    guidance's own decode-with-gradient tile loop."""
+    graph = guidance_graph()
+    with_inputs(graph, "img", width=512, height=512)
+    with_inputs(graph, "lat", width=512, height=512)
+    with_inputs(graph, "ks", steps=200)
+    return with_inputs(graph, "rg", space="rgb", rgb_memory="tiled")
+
+
+@dataclass
+class InterruptCase:
+    id: str
+    graph: Callable[[], dict]
+    node: str  # the node whose loop is running when /interrupt arrives
+    setup: Callable[[Path], None] | None = None
+    # Seconds from /interrupt to the prompt reported stopped: one iteration of the loop plus the 0.5 s
+    # /history poll. Measured 0.5-6.0 s for every loop but face parsing on 2 heavily loaded CPU cores (stage-1
+    # tiles the slowest); uninterrupted, each of these nodes runs for minutes, so 10 s tells a prompt stop
+    # from a run to the end.
+    latency: float = 10.0
+
+
+# Each graph keeps its node busy far longer than the interrupt takes (the loop has hundreds of
+# iterations of a few to a few hundred milliseconds); the interrupt is sent INTERRUPT_DELAY after the
+# node starts, so it lands inside the loop.
+INTERRUPT_CASES = [
+    InterruptCase("stage1-tiles", lambda: stage1_graph(empty_image(1024, 1024), tiled=True, tile_size=64,
+                                                       tile_stride=32), "s1"),
+    InterruptCase("stage1-batch", lambda: stage1_graph(empty_image(64, 64, 400)), "s1"),
+    InterruptCase("vae-encode-exact-tiles", lambda: with_inputs(vae_graph(empty_image(1024, 1024)), "enc",
+                                                                tile_size=64), "enc"),
+    InterruptCase("vae-decode-exact-tiles", lambda: vae_decode_graph(1024), "dec"),
+    InterruptCase("tiled-sampling", lambda: tiled_sampling_graph(1024, 20), "ks"),
+    InterruptCase("guidance", guidance_interrupt_graph, "ks"),
+    InterruptCase("spaced-sampler", lambda: sampler_graph("spaced", 1000), "ks"),
+    InterruptCase("edm-sampler", lambda: sampler_graph("edm", 1000), "ks"),
+    InterruptCase("ksampler-with-ircontrolnet", lambda: with_inputs(with_inputs(
+        stage2_graph(empty_image(256, 256)), "ks", steps=1000), "pos", text=""), "ks"),
+    InterruptCase("face-detect", lambda: faces_graph(empty_image(640, 640, 48)), "align"),
+    # one face's parsing is one ParseNet pass at 512x512 (the official size), up to 26 s measured on 2 busy
+    # cores, and cannot stop midway; ~500 faces uninterrupted would take hours
+    InterruptCase("face-parse", lambda: many_faces_graph(parser=True), "paste",
+                  setup=lambda m: swap(m, PARSENET, "copy", "parsenet"), latency=60.0),
+    InterruptCase("face-paste", many_faces_graph, "paste"),
+]
+
+
 def category_counts() -> dict:
     counts: dict = {}
     for case in CASES:
         counts[case.category] = counts.get(case.category, 0) + 1
+    counts["interrupt"] = len(INTERRUPT_CASES)
     return counts
 
 
@@ -422,6 +575,8 @@ def category_counts() -> dict:
 def good_files() -> dict:
     return {"ckpt": model_factory.sd2_checkpoint("tiny"), "irc.pth": model_factory.ircontrolnet_file("tiny", fmt="pth"),
             "irc.safetensors": model_factory.ircontrolnet_file("tiny", fmt="safetensors"),
+            "irc.v1": model_factory.ircontrolnet_file("tiny", fmt="v1_full"),
+            "controlnet": model_factory.stock_controlnet_file("tiny"), "sd15": model_factory.sd1_checkpoint("tiny"),
             "cleaner": model_factory.stage1_file("scunet_color_real_psnr.pth", "small"),
             "lora": model_factory.sd2_lora_file("tiny"),
             "resnet50": model_factory.face_model_file("retinaface_resnet50"),
@@ -451,8 +606,9 @@ def battery(tmp_path_factory):
     MARKER_DIR.mkdir()
     models = root / "models"
     good = good_files()
-    for folder, name, source in (("checkpoints", CKPT, "ckpt"), ("diffbir", IRC, "irc.pth"),
-                                 ("upscale_models", CLEANER, "cleaner"), ("facedetection", MOBILENET, "mobilenet")):
+    for folder, name, source in (("checkpoints", CKPT, "ckpt"), ("checkpoints", SD15, "sd15"),
+                                 ("diffbir", IRC, "irc.pth"), ("upscale_models", CLEANER, "cleaner"),
+                                 ("facedetection", MOBILENET, "mobilenet")):
         (models / folder).mkdir(parents=True, exist_ok=True)
         (models / folder / name).symlink_to(good[source])
     for case in CASES:
@@ -506,9 +662,49 @@ def test_case(battery, case):
         assert new == set(paths)
 
 
+INTERRUPT_DELAY = 1.0  # seconds after the node starts: past its set-up, inside its loop
+
+
+@pytest.mark.parametrize("case", INTERRUPT_CASES, ids=[c.id for c in INTERRUPT_CASES])
+def test_interrupt(battery, case):
+    """/interrupt while the node's loop runs: the prompt stops at that node within the case's latency, saves
+    nothing, the server answers and the next prompt works."""
+    server, models = battery
+    if case.setup:
+        case.setup(models)
+    before = files_under(server.base / "output")
+    sent = []
+
+    def report(event, data):
+        if event in ("executing", "progress") and data.get("node") == case.node and not sent:
+            sent.append(None)
+
+            def interrupt():
+                sent[0] = time.monotonic()
+                server.post("/interrupt", {})
+            threading.Timer(INTERRUPT_DELAY, interrupt).start()
+
+    with pytest.raises(comfy_headless.PromptFailed) as failure:
+        server.run_with_progress(case.graph(), report, timeout=180)
+    latency = time.monotonic() - sent[0]
+    print(f"{case.id}: stopped {latency:.2f} s after /interrupt")
+    assert "interrupted at " in str(failure.value) and f"(node {case.node})" in str(failure.value), failure.value
+    assert latency < case.latency
+    assert server.process.poll() is None and server.get("/system_stats"), "the server died"
+    assert files_under(server.base / "output") == before, "an interrupted run left an output"
+    # The next prompt works. The case's nodes ride along unconnected (ComfyUI runs only what leads to an
+    # output) so that their cached results (the CLIP-H text encoding, face detection) serve the next case.
+    upstream = {f"prev-{k}": v for k, v in case.graph().items() if v["class_type"] != "SaveImage"}
+    for node in upstream.values():
+        node["inputs"] = {k: [f"prev-{v[0]}", v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+    entry = server.run(upstream | colour_fix_graph(), timeout=120)
+    paths = server.output_images(entry)
+    assert len(paths) == 1 and Image.open(paths[0]).size == (32, 32)
+
+
 def test_battery_size_and_docs_table():
     """At least 100 cases; the docs table lists every category with its count."""
-    assert len(CASES) >= 100
+    assert len(CASES) >= 100 and len(INTERRUPT_CASES) >= 10
     assert len({c.id for c in CASES}) == len(CASES)
     table = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     for category, count in category_counts().items():
@@ -518,4 +714,4 @@ def test_battery_size_and_docs_table():
 if __name__ == "__main__":  # prints the docs table
     for category, count in category_counts().items():
         print(f"| {category} | {count} |")
-    print(f"| total | {len(CASES)} |")
+    print(f"| total | {len(CASES) + len(INTERRUPT_CASES)} |")

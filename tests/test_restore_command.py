@@ -83,6 +83,51 @@ def test_restore_an_aligned_face(published_models, tmp_path):
     assert Image.open(tmp_path / "out" / "face_diffbir.png").size == (32, 32)
 
 
+def test_every_task_and_version_in_the_help_runs_or_says_which_exist():
+    """The help lists every task with every version; a pair without a workflow stops with the versions
+    that task has (the pairs with one are run below)."""
+    restore = restore_module()
+    parser_help = subprocess.run([sys.executable, str(REPO / "scripts" / "restore.py"), "--help"],
+                                 capture_output=True, text=True, timeout=60).stdout
+    tasks = sorted({t for t, _ in restore.WORKFLOW_FOR})
+    for task in tasks:
+        assert task in parser_help
+        for version in ("v1", "v2", "v2.1"):
+            assert version in parser_help
+            args = restore.parse_args(["--input", "x", "--output", "y", "--task", task, "--version", version])
+            if (task, version) in restore.WORKFLOW_FOR:
+                assert restore.choose_workflow(args).is_file()
+                continue
+            with pytest.raises(SystemExit, match=f"task '{task}' has no {version} workflow; available versions"):
+                restore.choose_workflow(args)
+
+
+# Every (task, version) pair with a workflow, run on a tiny random image with random weights: the
+# result is written under the expected name at input size x upscale (the aligned-face workflow keeps
+# the size: its input is a 512-style aligned crop, here 32x32).
+RUNS = {("sr", "v2.1"): 2, ("sr", "v1"): 2, ("denoise", "v2"): 2, ("denoise", "v1"): 2,
+        ("face_in_the_wild", "v2.1"): 2}
+
+
+def test_every_workflow_pair_is_run():
+    restore = restore_module()
+    tested_above = {("sr", "v2"), ("face", "v2.1")}  # test_restore_a_folder_end_to_end, test_restore_an_aligned_face
+    assert set(restore.WORKFLOW_FOR) == set(RUNS) | tested_above
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("task, version", sorted(RUNS), ids=[f"{t}-{v}" for t, v in sorted(RUNS)])
+def test_restore_each_task_and_version(published_models, tmp_path, task, version):
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(3).random((24, 32, 3)) * 255).astype(np.uint8)).save(image)
+    upscale = RUNS[(task, version)]
+    result = run_restore("--input", image, "--output", tmp_path / "out", "--task", task, "--version", version,
+                         "--upscale", upscale, "--steps", 1, "--min-short-side", 0, "--models-dir", MODELS_DIR)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo_diffbir.png"]
+    assert Image.open(tmp_path / "out" / "photo_diffbir.png").size == (32 * upscale, 24 * upscale)
+
+
 def test_restore_names_missing_weights(tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
     empty_models = tmp_path / "models"

@@ -56,6 +56,8 @@ def encode(comfy, models, text):
 def run_graph(comfy, models, meta, strength, sampler, sigmas_node, noise=None, noise_aug_stream=False):
     version = meta["version"]
     model = comfy.call_node("DiffBIRModelSampling", models["model"], version)[0]
+    if meta.get("rescale_cfg") == "True":
+        model = comfy.call_node("DiffBIRRescaleCFG", model)[0]
     pos, neg = encode(comfy, models, meta["positive"]), encode(comfy, models, meta["negative"])
     g, _ = golden_cache[meta["name"]]
     image = g["cond_img"].movedim(1, -1)
@@ -122,7 +124,10 @@ def compare(comfy, name, strength, ours, g):
 # 4 steps of cfg 6 carry it into the latent: max relative latent difference 2.14e-5 (v2.1 euler,
 # 2 threads; v1/v2 runs <= 4.4e-6), max image difference 3.3e-5 (unclamped decode). Bounds: 5e-5
 # relative on the latent, 1e-4 on images (both > 2x the largest measured), far below a real change
-# (a wrong schedule or noise draw moves the latent by > 1e-2).
+# (a wrong schedule or noise draw moves the latent by > 1e-2). The ddim, dpm++_m2 and rescale_cfg runs
+# (4 steps, strength 1) measured <= 2.6e-6 relative on the latent and <= 7.6e-6 on images (torch threads
+# 1 and 2, ComfyUI 0.3.75; 0.33 gives the same figures), goldens from the same CPU: inside the same bounds
+# with > 10x margin.
 LATENT_RELATIVE_BOUND = 5e-5
 
 
@@ -220,6 +225,91 @@ def test_v21_noise_aug_run(comfy, models):
     ours = run_graph(comfy, models, meta, 1.0, edm_sampler(comfy, "euler", "official_after_noise_aug"),
                      edm_sigmas(comfy, 4))
     assert_parity(compare(comfy, "v2.1 noise_aug 200", 1.0, ours, g))
+
+
+def ddim_sigmas(comfy, steps):
+    return lambda model: comfy.call_node("DiffBIRDDIMSigmas", model, steps)[0]
+
+
+def dpm_solver_sigmas(comfy, steps):
+    return lambda model: comfy.call_node("DiffBIRDPMSolverSigmas", model, steps)[0]
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (4, [751, 501, 251, 1]),
+    (10, [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]),
+    (7, [995, 853, 711, 569, 427, 285, 143, 1]),
+])
+def test_ddim_sigmas_select_the_official_ddim_timesteps(comfy, models, steps, expected):
+    """The official DDIM timesteps are range(0, 1000, 1000 // steps) + 1, from the largest down (7
+    steps: stride 142, 8 timesteps: the official DDIM runs len(range(0, 1000, 142)) steps). The stock
+    ddim_uniform scheduler selects the same when steps divides 1000, and drops 995 for 7 steps."""
+    model = comfy.call_node("DiffBIRModelSampling", models["model"], "v2")[0]
+    sampling = comfy.pack_module("diffbir_modules.sampling")
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.call_node("DiffBIRDDIMSigmas", model, steps)[0]
+    assert sampling.nearest_timesteps(model_sampling, sigmas[:-1]) == expected
+    assert float(sigmas[-1]) == 0.0
+    stock = comfy.call_node("BasicScheduler", model, "ddim_uniform", steps, 1.0)[0]
+    assert (sampling.nearest_timesteps(model_sampling, stock[:-1]) == expected) == (1000 % steps == 0)
+
+
+def test_v2_ddim_run(comfy, models):
+    """v2 --sampler ddim (eta 0), 4 steps, cfg 4, strength 1: DiffBIR DDIM Sigmas + DiffBIR DDIM
+    Sampler. Its draws are the official sampler's randn_like * 0: none reaches the result."""
+    g, meta = load_run("run_v2_ddim")
+    sampler = comfy.call_node("DiffBIRDDIMSampler")[0]
+    ours = run_graph(comfy, models, meta, 1.0, sampler, ddim_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2 ddim", 1.0, ours, g))
+
+
+def test_v21_ddim_rescale_cfg_run(comfy, models):
+    """v2.1 (v-prediction) --sampler ddim --rescale_cfg, cfg 6, strength 1: DiffBIR Rescale CFG on the model."""
+    g, meta = load_run("run_v21_ddim_rescale_cfg")
+    sampler = comfy.call_node("DiffBIRDDIMSampler")[0]
+    ours = run_graph(comfy, models, meta, 1.0, sampler, ddim_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 ddim rescale_cfg", 1.0, ours, g))
+
+
+def test_v2_dpm_solver_run(comfy, models):
+    """v2 --sampler dpm++_m2, 4 steps, cfg 4, strength 1: DiffBIR DPM-Solver Sigmas + Sampler (the model
+    evaluated at the official fractional timesteps 999, 749.25, 499.5, 249.75)."""
+    g, meta = load_run("run_v2_dpmpp_m2")
+    sampler = comfy.call_node("DiffBIRDPMSolverSampler")[0]
+    ours = run_graph(comfy, models, meta, 1.0, sampler, dpm_solver_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2 dpm++_m2", 1.0, ours, g))
+
+
+def test_v21_dpm_solver_rescale_cfg_run(comfy, models):
+    """v2.1 --sampler dpm++_m2 --rescale_cfg, cfg 6: the zero-terminal-SNR schedule loses its last
+    steps to the official log-SNR clip, which moves every time of the grid."""
+    g, meta = load_run("run_v21_dpmpp_m2_rescale_cfg")
+    sampler = comfy.call_node("DiffBIRDPMSolverSampler")[0]
+    ours = run_graph(comfy, models, meta, 1.0, sampler, dpm_solver_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 dpm++_m2 rescale_cfg", 1.0, ours, g))
+
+
+def test_v21_edm_rescale_cfg_run(comfy, models):
+    """v2.1 edm_euler --rescale_cfg: the scale at the official EDM timestep of each step."""
+    g, meta = load_run("run_v21_edm_euler_rescale_cfg")
+    ours = run_graph(comfy, models, meta, 1.0, edm_sampler(comfy, "euler"), edm_sigmas(comfy, 4))
+    assert_parity(compare(comfy, "v2.1 edm_euler rescale_cfg", 1.0, ours, g))
+
+
+def test_dpm_solver_sampler_refuses_other_sigmas(comfy, models):
+    """The solver runs on its own continuous times: other sigmas are an error naming the node to use."""
+    g, meta = load_run("run_v2_dpmpp_m2")
+    sampler = comfy.call_node("DiffBIRDPMSolverSampler")[0]
+    with pytest.raises(Exception, match="DiffBIR DPM-Solver Sigmas"):
+        run_graph(comfy, models, meta, 1.0, sampler, ddim_sigmas(comfy, 4))
+
+
+def test_print_summary():
+    for name, diffs in RESULTS.items():
+        print(f"{name}: latent {diffs['latent']:.1e} (relative {diffs['latent_rel']:.1e}), decoded "
+              f"{diffs['decoded']:.1e}, colour-fixed {diffs['color_fixed']:.1e}, vs official final "
+              f"{diffs['color_fixed_vs_official_final']:.1e}, "
+              f"unclamped pipeline {diffs['color_fixed_unclamped_decode']:.1e}")
 
 
 def test_every_official_run_has_a_parity_test():

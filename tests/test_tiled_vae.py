@@ -103,6 +103,50 @@ def test_automatic_decodes_untiled_when_it_fits(tv, vae, encoded):
         assert torch.equal(tv.decode(vae, latent, 0), vae.decode(latent))
 
 
+@pytest.mark.parametrize("part", ["encode", "decode"])
+def test_untiled_pass_moves_the_bar_per_block_and_stops_on_cancel(tv, vae, encoded, part, monkeypatch):
+    """ComfyUI's untiled encode / decode (what runs when the image fits) reports one step per resblock
+    of the network and stops at the next block once the user presses Cancel."""
+    from comfy import model_management as mm
+    from comfy import utils as comfy_utils
+
+    image, latent = encoded
+    batch = torch.cat([image, image]) if part == "encode" else torch.cat([latent, latent])
+    fsm = vae.first_stage_model
+    blocks = len(tv._encoder_blocks(fsm.encoder) if part == "encode" else tv._decoder_blocks(fsm.decoder))
+    run = (lambda: tv.encode(vae, batch, 0)) if part == "encode" else (lambda: tv.decode(vae, batch, 0))
+    # Newer ComfyUI throttles what reaches the hook; older releases have no throttle. Off: every step.
+    monkeypatch.setattr(comfy_utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0, raising=False)
+    monkeypatch.setattr(comfy_utils, "PROGRESS_THROTTLE_MIN_PERCENT", 0.0, raising=False)
+    updates = []
+    previous = comfy_utils.PROGRESS_BAR_HOOK
+    comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    try:
+        with torch.inference_mode():
+            run()
+        # 2 images x the resblocks, in as many forwards as ComfyUI splits the batch into
+        assert updates[-1] == (2 * blocks, 2 * blocks) and len(updates) >= blocks
+        assert [v for v, _ in updates] == sorted(set(v for v, _ in updates))
+
+        def cancel_after_first(value, total, preview, node_id=None):
+            updates.append((value, total))
+            mm.interrupt_current_processing(True)
+
+        updates.clear()
+        comfy_utils.set_progress_bar_global_hook(cancel_after_first)
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            run()
+        assert len(updates) == 1
+    finally:
+        comfy_utils.set_progress_bar_global_hook(previous)
+        mm.interrupt_current_processing(False)
+    # the hooks are gone: a plain ComfyUI call afterwards reports nothing
+    updates.clear()
+    with torch.inference_mode():
+        vae.decode(latent)
+    assert updates == []
+
+
 def test_tiles_split_on_latent_pixels(tv):
     assert tv._splits(320, 64) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 320)]
     for length, tile in ((200, 64), (1000, 300), (72, 64)):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 import browser
 from scripts import comfy_headless
@@ -43,6 +44,23 @@ MISSING_MODELS_TEXT = """(() => {
   const end = text.indexOf('Missing Inputs', start);
   return JSON.stringify({kind: 'panel', text: text.slice(start, end < 0 ? undefined : end)});
 })()"""
+# Every node's box on the canvas (title bar included), after the web UI has sized the nodes for their
+# widgets and image previews.
+NODE_BOXES = """(() => app.graph._nodes.map(n => {
+  const title = n.constructor.title_mode === LiteGraph.NO_TITLE ? 0 : LiteGraph.NODE_TITLE_HEIGHT;
+  return {id: n.id, type: n.type, title: n.title, box: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]};
+}))()"""
+# The nodes' bounding box in screenshot pixels (canvas position + (graph position + offset) x scale).
+GRAPH_BOX_ON_SCREEN = """(() => {
+  const rect = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds, ratio = window.devicePixelRatio || 1;
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  const xs = app.graph._nodes.flatMap(n => [n.pos[0], n.pos[0] + n.size[0]]);
+  const ys = app.graph._nodes.flatMap(n => [n.pos[1] - title, n.pos[1] + n.size[1]]);
+  const sx = x => (rect.left + (x + ds.offset[0]) * ds.scale) * ratio;
+  const sy = y => (rect.top + (y + ds.offset[1]) * ds.scale) * ratio;
+  return [sx(Math.min(...xs)), sy(Math.min(...ys)), sx(Math.max(...xs)), sy(Math.max(...ys))];
+})()"""
+GRAPH_BOX_KEY = "diffbir-graph-box"
 CLOSE_MISSING_MODELS = "document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())"
 
 
@@ -67,6 +85,9 @@ def page(tmp_path_factory):
             pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     base = comfy_headless.make_base_directory(tmp_path_factory.mktemp("web-ui"))
+    # The workflows' input images, in the shape that makes the tallest preview: a portrait photo.
+    for name in ("example.png", "face.png"):
+        Image.new("RGB", (600, 900), (120, 90, 60)).save(base / "input" / name)
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(SETTINGS))
@@ -118,4 +139,61 @@ def test_workflow_loads_in_web_ui(page, name):
     time.sleep(1.0)
     shots = screenshot_dir()
     shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(shots / f"{slug(name)}.png")
+    shot = shots / f"{slug(name)}.png"
+    page.screenshot(shot)
+    # Where the nodes are on the screenshot, for the template thumbnails (tools/workflows/thumbnails.py)
+    box = page.evaluate(GRAPH_BOX_ON_SCREEN)
+    assert box[2] - box[0] > 200 and box[3] - box[1] > 100, box
+    info = PngImagePlugin.PngInfo()
+    info.add_text(GRAPH_BOX_KEY, ",".join(str(round(v)) for v in box))
+    Image.open(shot).save(shot, pnginfo=info)
+
+
+def overlaps(a: list, b: list) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
+def test_workflow_nodes_do_not_overlap(page, name):
+    """With the input image loaded as a tall portrait (the largest preview), no node box covers another."""
+    page.evaluate(LOAD_AND_LIST.replace("WORKFLOW", (EXAMPLES / name).read_text()))
+    page.evaluate(CLOSE_MISSING_MODELS)
+    deadline = time.monotonic() + 10  # previews load asynchronously; the web UI then resizes the node
+    while True:
+        previews = page.evaluate("app.graph._nodes.filter(n => n.type === 'LoadImage' && n.imgs && n.imgs.length)"
+                                 ".length")
+        if previews or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert previews, "the Load Image preview did not show"
+    time.sleep(0.5)
+    page.evaluate("app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true)")
+    boxes = page.evaluate(NODE_BOXES)
+    hits = [(a["title"] or a["type"], b["title"] or b["type"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if overlaps(a["box"], b["box"])]
+    assert not hits, f"overlapping nodes: {hits}"
+    # Stage groups (where a workflow has them) stand apart, each around its own nodes.
+    groups = page.evaluate("app.graph._groups.map(g => ({title: g.title,"
+                           " box: Array.from(g.boundingRect || g._bounding)}))")
+    hits = [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
+            if overlaps(a["box"], b["box"])]
+    assert not hits, f"overlapping groups: {hits}"
+    for node in boxes:
+        inside = [g["title"] for g in groups if overlaps(node["box"], g["box"])]
+        assert not groups or len(inside) == 1, (node["title"] or node["type"], inside)
+
+
+@pytest.mark.server
+def test_template_browser_lists_every_workflow_with_its_thumbnail(page):
+    """The template browser asks the server for /workflow_templates and shows
+    /api/workflow_templates/<pack>/<workflow>.jpg as each card's picture (both frontends)."""
+    listing = json.loads(page.evaluate("fetch('/api/workflow_templates').then(r => r.text())"))
+    [(pack, names)] = [(k, v) for k, v in listing.items() if "DiffBIR v1 general" in v]
+    assert sorted(names) == sorted(p.stem for p in EXAMPLES.glob("*.json"))
+    for name in names:
+        served = json.loads(page.evaluate(
+            f"fetch('/api/workflow_templates/{pack}/' + encodeURIComponent({json.dumps(name)}) + '.jpg')"
+            ".then(async r => JSON.stringify({status: r.status, type: r.headers.get('content-type'),"
+            " size: (await r.arrayBuffer()).byteLength}))"))
+        assert served["status"] == 200 and served["type"] == "image/jpeg" and served["size"] > 5000, (name, served)

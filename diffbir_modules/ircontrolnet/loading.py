@@ -81,6 +81,10 @@ def extract_state_dict(raw, source: str = "state dict") -> tuple[dict, str]:
     required = ("time_embed.0.weight", "input_blocks.0.0.weight", "zero_convs.0.0.weight",
                 "middle_block.0.in_layers.0.weight", "middle_block_out.0.weight")
     missing = [k for k in required if k not in tensors]
+    other = weights_io.wrong_kind(source, tensors, "ircontrolnet", "an IRControlNet (v1_general.pth, v1_face.pth, "
+                                  "v2.pth or DiffBIR_v2.1.pt)") if missing else None
+    if other:
+        raise IRControlNetError(str(other))
     if missing:
         raise IRControlNetError(
             f"{source}: not an IRControlNet state dict: {len(tensors)} tensors, missing {', '.join(missing)} "
@@ -139,9 +143,11 @@ def load_ircontrolnet(path: str, version: str = "auto", dtype: torch.dtype | Non
         chosen = detected
     elif version in VERSIONS:
         chosen = version
-        if detected is not None and detected != version:
-            log.warning("DiffBIR: %s is a known %s IRControlNet but version %s was chosen; using %s",
-                        path, detected, version, version)
+        if detected is not None and detected != version:  # another schedule and base model: a wrong image
+            raise IRControlNetError(
+                f"{path}: this is a {detected} IRControlNet ({reason}), but version {version} was chosen. Set version "
+                f"to auto or {detected} (and use the base model and sampling of {detected}), or load the {version} "
+                "file instead.")
     else:
         raise IRControlNetError(f"unknown IRControlNet version {version!r}; choose auto, {', '.join(VERSIONS)}")
     weight_dtype = comfy.utils.weight_dtype(sd)

@@ -13,7 +13,15 @@ Each case is what the official ``inference.py`` does for one image (its inferenc
 matching shipped workflow (prompts, cfg and sampler of its version; fewer steps) and the random
 draws of ``torch.manual_seed(SEED)`` right before ``Pipeline.run``, in fp32 (the official
 ``--precision fp32``). The low-quality image is an odd-sized crop so the final resize to input size x
-upscale matters. Writes ``<case>_lq.png``, ``<case>_official.png`` and ``cases.json``.
+upscale matters. Writes ``<case>_lq.png``, ``<case>_official.png`` (``<case>_official_<i>.png`` for
+each sample of a batch) and ``cases.json``.
+
+Options of a case (the official command-line flags they stand for):
+- ``tiled``: ``--cleaner_tiled --cldm_tiled`` with the official tile sizes 512 / 256 (the cleaner
+  then skips tiling on inputs smaller than a tile, as officially); the VAE is not tiled, because the
+  official tiled VAE is approximate (shared but averaged GroupNorm statistics) while the pack's
+  exact tiled VAE equals the untiled one;
+- ``n_samples``: ``--n_samples N --batch_size N``: the image repeated N times in one batch.
 """
 
 from __future__ import annotations
@@ -53,7 +61,13 @@ CASES = {
     "v2_scunet_denoise_x1": ("DiffBIR v2 denoising (SCUNet)", "v2", "denoise", "SCUNetPipeline",
                              "scunet_color_real_psnr.pth", "spaced", 1.0),
     "v1_swinir_sr_x4": ("DiffBIR v1 general", "v1", "sr", "SwinIRPipeline", "general_swinir_v1.ckpt", "spaced", 4.0),
+    "v21_tiled_sr_x4": ("DiffBIR v2.1 large images (tiled)", "v2.1", "sr", "SwinIRPipeline",
+                        "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 4.0),
+    "v21_swinir_sr_x4_batch2": ("DiffBIR v2.1 super-resolution (SwinIR)", "v2.1", "sr", "SwinIRPipeline",
+                                "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 4.0),
 }
+OPTIONS = {"v21_tiled_sr_x4": {"tiled": True}, "v21_swinir_sr_x4_batch2": {"n_samples": 2}}
+TILE_SIZE, TILE_STRIDE = 512, 256  # the official defaults of --cleaner_tile_* and --cldm_tile_*
 
 
 def log(*args):
@@ -88,7 +102,7 @@ def diffusion(version: str):
 
 
 def run_case(cldm, version: str, task: str, pipeline_name: str, cleaner_file: str, sampler: str, upscale: float,
-             lq: Image.Image) -> np.ndarray:
+             lq: Image.Image, tiled: bool = False, n_samples: int = 1) -> np.ndarray:
     from diffbir import pipeline as pipelines
     from diffbir.inference.bid_loop import BIDInferenceLoop
     from diffbir.inference.bsr_loop import BSRInferenceLoop
@@ -103,9 +117,10 @@ def run_case(cldm, version: str, task: str, pipeline_name: str, cleaner_file: st
     positive, negative, cfg, _, _ = prompts.DEFAULTS[version]
     torch.manual_seed(SEED)
     with torch.no_grad():
-        out = pipe.run(lq_array[None], STEPS, 1.0, False, 512, 256, False, 256, False, 256, False, 512, 256,
+        out = pipe.run(np.tile(lq_array[None], (n_samples, 1, 1, 1)), STEPS, 1.0, tiled, TILE_SIZE, TILE_STRIDE,
+                       False, 256, False, 256, tiled, TILE_SIZE, TILE_STRIDE,
                        positive, negative, cfg, "noise", sampler, 0, False, 0.0, 0.0, 300.0, 1.0, 1.0, 1)
-    return out[0]
+    return out
 
 
 def main():
@@ -124,12 +139,19 @@ def main():
         meta["cases"] = json.loads((OUT / "cases.json").read_text())["cases"]
     for case in sys.argv[1:] or list(CASES):
         workflow, version, task, pipeline_name, cleaner_file, sampler, upscale = CASES[case]
-        out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq)
+        options = OPTIONS.get(case, {})
+        out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq, **options)
         lq.save(OUT / f"{case}_lq.png")
-        Image.fromarray(out).save(OUT / f"{case}_official.png")
+        if len(out) == 1:
+            Image.fromarray(out[0]).save(OUT / f"{case}_official.png")
+        else:
+            for i, sample in enumerate(out):
+                Image.fromarray(sample).save(OUT / f"{case}_official_{i}.png")
         meta["cases"][case] = {"workflow": workflow, "version": version, "task": task, "pipeline": pipeline_name,
                                "stage1": cleaner_file, "sampler": sampler, "upscale": upscale,
-                               "output_size": [out.shape[1], out.shape[0]]}
+                               "output_size": [out.shape[2], out.shape[1]], **options}
+        if options.get("tiled"):
+            meta["cases"][case].update(tile_size=TILE_SIZE, tile_stride=TILE_STRIDE)
         log(case, out.shape, out.dtype, int(out.min()), int(out.max()))
         (OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
 

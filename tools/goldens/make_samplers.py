@@ -233,7 +233,8 @@ class Recorder:
         torch.randn, torch.randn_like, torch.randint = self.real
 
 
-def run(cldm, version: str, sampler: str, cfg: float, pos: str, neg: str, strength: float, noise_aug: int = 0):
+def run(cldm, version: str, sampler: str, cfg: float, pos: str, neg: str, strength: float, noise_aug: int = 0,
+        rescale_cfg: bool = False):
     from diffbir.model.gaussian_diffusion import Diffusion
     from diffbir.pipeline import Pipeline
     from diffbir.utils.common import wavelet_reconstruction
@@ -262,7 +263,7 @@ def run(cldm, version: str, sampler: str, cfg: float, pos: str, neg: str, streng
         torch.manual_seed(SEED)
         with torch.no_grad(), Recorder() as rec:
             x = pipeline.apply_cldm(cond_img, STEPS, strength, False, 256, False, 256, False, 512, 256, pos, neg, cfg,
-                                    "noise", sampler, noise_aug, False, 0.0, 0.0, 300.0, 1.0, 1.0, 1)
+                                    "noise", sampler, noise_aug, rescale_cfg, 0.0, 0.0, 300.0, 1.0, 1.0, 1)
             fixed = wavelet_reconstruction((x + 1) / 2, cond_img)
     finally:
         cldm.vae_decode = real_decode
@@ -278,6 +279,8 @@ def main():
     from safetensors.torch import load_file, save_file
 
     parts = set(sys.argv[1:]) or {"schedules", "analytic", "colorfix", "tokens", "text", "runs"}
+    if any(p.startswith("run_") for p in parts):
+        parts.add("runs")
 
     official.activate("main")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -319,17 +322,26 @@ def main():
 
     neg_v2 = PROMPTS[1]
     pos_v21, neg_v21 = PROMPTS[2], PROMPTS[3]
+    # name -> version, sampler, cfg, positive, negative, noise_aug, rescale_cfg, control strengths
     runs = {
-        "run_v2_spaced": ("v2", "spaced", 4.0, "", neg_v2, 0),
-        "run_v21_edm_euler": ("v2.1", "edm_euler", 6.0, pos_v21, neg_v21, 0),
-        "run_v21_edm_dpmpp_3m_sde": ("v2.1", "edm_dpm++_3m_sde", 6.0, f"{LONG_CAPTION}, {pos_v21}", neg_v21, 0),
-        "run_v21_noise_aug": ("v2.1", "edm_euler", 6.0, pos_v21, neg_v21, 200),
+        "run_v2_spaced": ("v2", "spaced", 4.0, "", neg_v2, 0, False, (0.0, 1.0)),
+        "run_v21_edm_euler": ("v2.1", "edm_euler", 6.0, pos_v21, neg_v21, 0, False, (0.0, 1.0)),
+        "run_v21_edm_dpmpp_3m_sde": ("v2.1", "edm_dpm++_3m_sde", 6.0, f"{LONG_CAPTION}, {pos_v21}", neg_v21, 0, False,
+                                     (0.0, 1.0)),
+        "run_v21_noise_aug": ("v2.1", "edm_euler", 6.0, pos_v21, neg_v21, 200, False, (1.0,)),
+        "run_v2_ddim": ("v2", "ddim", 4.0, "", neg_v2, 0, False, (1.0,)),
+        "run_v21_ddim_rescale_cfg": ("v2.1", "ddim", 6.0, pos_v21, neg_v21, 0, True, (1.0,)),
+        "run_v2_dpmpp_m2": ("v2", "dpm++_m2", 4.0, "", neg_v2, 0, False, (1.0,)),
+        "run_v21_dpmpp_m2_rescale_cfg": ("v2.1", "dpm++_m2", 6.0, pos_v21, neg_v21, 0, True, (1.0,)),
+        "run_v21_edm_euler_rescale_cfg": ("v2.1", "edm_euler", 6.0, pos_v21, neg_v21, 0, True, (1.0,)),
     }
-    for name, (version, sampler, cfg, pos, neg, noise_aug) in runs.items():
+    chosen = {p for p in parts if p.startswith("run_")}  # e.g. `make_samplers.py runs run_v2_ddim`: only that one
+    for name, (version, sampler, cfg, pos, neg, noise_aug, rescale_cfg, strengths) in runs.items():
+        if chosen and name not in chosen:
+            continue
         tensors = {}
-        strengths = (1.0,) if noise_aug else (0.0, 1.0)
         for strength in strengths:
-            result = run(cldm, version, sampler, cfg, pos, neg, strength, noise_aug)
+            result = run(cldm, version, sampler, cfg, pos, neg, strength, noise_aug, rescale_cfg)
             tag = f"s{int(strength)}"
             for key in ("z", "decoded", "color_fixed"):
                 tensors[f"{key}_{tag}"] = result[key]
@@ -339,7 +351,8 @@ def main():
                 if key in result:
                     tensors[key] = result[key]
         meta = {"version": version, "sampler": sampler, "cfg": str(cfg), "steps": str(STEPS), "seed": str(SEED),
-                "positive": pos, "negative": neg, "noise_aug": str(noise_aug), "checkpoint": checkpoint.name,
+                "positive": pos, "negative": neg, "noise_aug": str(noise_aug), "rescale_cfg": str(rescale_cfg),
+                "checkpoint": checkpoint.name,
                 "controlnet_seed": str(CONTROLNET_SEED), "commit": official.COMMITS["main"],
                 "controlnet_shapes": json.dumps(controlnet_shapes)}
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / f"{name}.safetensors"), metadata=meta)

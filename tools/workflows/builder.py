@@ -15,6 +15,15 @@ import uuid
 from dataclasses import dataclass, field
 
 SEED_WIDGETS = {"seed", "noise_seed"}
+NODE_WIDTH = 340
+COLUMN = 400  # x distance between the columns of nodes (one column per link depth)
+GAP = 60  # y distance between the nodes of a column
+NODE_TITLE = 30  # the web UI draws a node's title bar above its position
+GROUP_TITLE = 44  # room for a group's title (font size 24) above its first node
+GROUP_PAD = 20  # group border around its nodes: COLUMN - NODE_WIDTH = 60 leaves 20 px between groups
+# Room for the image these nodes show: the web UI draws it inside the node, and a node too short for it
+# grows over the node below (a portrait photo in a 340 px wide node is about 450 px tall).
+IMAGE_PREVIEW = {"LoadImage": 460, "PreviewImage": 380, "SaveImage": 380}
 
 
 @dataclass
@@ -61,8 +70,17 @@ def _default(kind, options):
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
 
 
-def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> dict:
-    """Returns the UI-format workflow dict for ``nodes``."""
+def build(nodes: list[Node], object_info: dict, extra: dict | None = None,
+          stages: dict[str, list[str]] | None = None) -> dict:
+    """Returns the UI-format workflow dict for ``nodes``. Without ``stages`` the nodes stand in columns by
+    link depth; with ``stages`` (``{group title: [node keys]}`` in order, every node in one) each stage
+    is a column inside a titled group."""
+    if stages is not None:
+        placed = [key for keys in stages.values() for key in keys]
+        missing, unknown = {n.key for n in nodes} - set(placed), set(placed) - {n.key for n in nodes}
+        if missing or unknown or len(placed) != len(set(placed)):
+            raise KeyError(f"stages must name every node once: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        stage_of = {key: index for index, keys in enumerate(stages.values()) for key in keys}
     ids = {node.key: index + 1 for index, node in enumerate(nodes)}
     by_key = {node.key: node for node in nodes}
     links = []
@@ -91,7 +109,7 @@ def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> di
         node_inputs, widgets = [], []
         if node.class_type == "MarkdownNote":
             widgets = [node.inputs["text"]]
-            size = [420, 300]
+            size = [NODE_WIDTH, 80 + 22 * (len(node.inputs["text"]) // 40)]  # ~40 characters a line
         else:
             if info is None:
                 raise KeyError(f"unknown node type {node.class_type!r} (not in object_info)")
@@ -115,20 +133,22 @@ def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> di
                     if name in widget_names:
                         entry["widget"] = {"name": name}
                     node_inputs.append(entry)
-            size = [340, 60 + 26 * (len(node_inputs) + len(widgets))]
+            # the web UI draws sockets (inputs beside outputs) first, then one row per widget
+            rows = max(len(node_inputs), len(info["output"])) + len(widgets)
+            size = [NODE_WIDTH, 60 + 26 * rows + IMAGE_PREVIEW.get(node.class_type, 0)]
         outputs = []
         if info is not None and node.class_type != "MarkdownNote":
             names = info.get("output_name") or info["output"]
             for slot, (output_type, output_name) in enumerate(zip(info["output"], names)):
                 outputs.append({"name": output_name, "type": output_type,
                                 "links": outputs_of[node.key].get(slot, []), "slot_index": slot})
-        col = node_depth(node.key)
-        y = column_y.get(col, 60)
-        column_y[col] = y + size[1] + 60
+        col = node_depth(node.key) if stages is None else stage_of[node.key]
+        y = column_y.get(col, 60 if stages is None else 60 + GROUP_TITLE + NODE_TITLE)
+        column_y[col] = y + size[1] + GAP
         properties = {"Node name for S&R": node.class_type}
         if node.models:
             properties["models"] = node.models
-        entry = {"id": ids[node.key], "type": node.class_type, "pos": [40 + col * 400, y], "size": size,
+        entry = {"id": ids[node.key], "type": node.class_type, "pos": [40 + col * COLUMN, y], "size": size,
                  "flags": {}, "order": order, "mode": 0, "inputs": node_inputs, "outputs": outputs,
                  "properties": properties, "widgets_values": widgets}
         if node.title:
@@ -143,9 +163,22 @@ def build(nodes: list[Node], object_info: dict, extra: dict | None = None) -> di
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-diffbir/" + "/".join(n.key for n in nodes))),
         "revision": 0, "last_node_id": len(nodes), "last_link_id": len(links),
-        "nodes": out_nodes, "links": links, "groups": [], "config": {},
+        "nodes": out_nodes, "links": links, "groups": _groups(stages, out_nodes, ids), "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, **(extra or {})}, "version": 0.4,
     }
+
+
+def _groups(stages: dict[str, list[str]] | None, out_nodes: list[dict], ids: dict) -> list[dict]:
+    """One titled group around each stage's column of nodes (LiteGraph's group format)."""
+    groups = []
+    for index, (title, keys) in enumerate((stages or {}).items()):
+        members = [out_nodes[ids[key] - 1] for key in keys]
+        top = min(n["pos"][1] for n in members) - NODE_TITLE - GROUP_TITLE
+        bottom = max(n["pos"][1] + n["size"][1] for n in members) + GROUP_PAD
+        left = members[0]["pos"][0] - GROUP_PAD
+        groups.append({"id": index + 1, "title": title, "color": "#3f789e", "font_size": 24, "flags": {},
+                       "bounding": [left, top, NODE_WIDTH + 2 * GROUP_PAD, bottom - top]})
+    return groups
 
 
 def _is_link(value) -> bool:

@@ -93,8 +93,6 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
                       checkpoint: str = "", face_size: int = 512, upscale: float = UPSCALE, parse: bool = True) -> list:
     nodes = [note("readme", WILD_NOTE, title="Read me"),
              Node("load", "LoadImage", title="low-quality image", image=image),
-             Node("upscale", "ImageScaleBy", title="upscale (as the official loop before detection)",
-                  image=("load", 0), upscale_method="bicubic", scale_by=upscale),
              Node("detector", "DiffBIRFaceDetectorLoader", detector=detector,
                   models=[weights.workflow_model_entry(DETECTOR_FILES[detector])] if detector in DETECTOR_FILES
                   else None),
@@ -105,11 +103,17 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
         nodes.append(Node("preset", "DiffBIRPresetLoader", version="v2.1", task="unaligned_face"))
         nodes += _diffbir_restore("face", ("detect", 0), "preset", 4, 1.0, seed=231)
         nodes += _diffbir_restore("background", ("load", 0), "preset", 5, upscale, seed=231)
+        # the official loop upscales the 8-bit photo with PIL bicubic to input size x upscale before detection
+        nodes.append(Node("upscale", "DiffBIRResizeToOutputSize", title="upscale (as the official loop before "
+                          "detection)", image=("load", 0), width=("background_clean", 1),
+                          height=("background_clean", 2), method="bicubic_uint8"))
     elif chain == "stock":
         nodes.append(Node("ckpt", "CheckpointLoaderSimple", ckpt_name=checkpoint))
         nodes += _stock_restore("face", ("detect", 0), "ckpt", seed=231)
         nodes.append(Node("background_resize", "ImageScaleBy", title="background: restored (stand-in)",
                           image=("load", 0), upscale_method="bicubic", scale_by=upscale))
+        nodes.append(Node("upscale", "ImageScaleBy", title="upscale (stand-in)", image=("load", 0),
+                          upscale_method="bicubic", scale_by=upscale))
     else:
         raise ValueError(f"unknown chain {chain!r}")
     paste_options = {}

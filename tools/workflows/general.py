@@ -31,10 +31,12 @@ def _models(key: str) -> list[dict]:
 
 
 def chain(version: str, task: str, upscale: float, sampler: str = "official", lora: bool = False,
-          sweep: bool = False, tiled: bool = False) -> list:
-    """LoadImage -> degradation removal -> IRControlNet on SD 2.1 -> sampler -> decode, crop, colour fix.
+          sweep: bool = False, tiled: bool = False, caption: bool = False) -> list:
+    """LoadImage -> degradation removal -> IRControlNet on SD 2.1 -> sampler -> decode, crop, colour fix,
+    then the result saved and shown beside the input (before / after).
     sweep: restoration guidance at several scales, laid out in a labelled grid. tiled: every stage tiled
-    for large images (cleaner tiles, tiled sampling with the official padding 8, exact tiled VAE)."""
+    for large images (cleaner tiles, tiled sampling with the official padding 8, exact tiled VAE).
+    caption: an (empty) text node feeds the prompts' caption, where a captioning node's text goes."""
     p = presets.preset_for(version, task)
     nodes = [
         Node("load", "LoadImage", title="low-quality image", image="example.png"),
@@ -53,7 +55,10 @@ def chain(version: str, task: str, upscale: float, sampler: str = "official", lo
         model = ("lora", 0)
     nodes += [
         Node("sampling", "DiffBIRModelSampling", title="DiffBIR model sampling", model=model, version=version),
-        Node("prompts", "DiffBIRDefaultPrompts", title="official prompts", version=version),
+        *([Node("caption", "PrimitiveStringMultiline", title="caption (optional: any text node)", value=""),
+           note("caption_note", CAPTION_NOTE, title="Caption")] if caption else []),
+        Node("prompts", "DiffBIRDefaultPrompts", title="official prompts", version=version,
+             **({"caption": ("caption", 0)} if caption else {})),
         Node("pos", "DiffBIRTextEncode", title="positive prompt", clip=("ckpt", 1), text=("prompts", 0)),
         Node("neg", "DiffBIRTextEncode", title="negative prompt", clip=("ckpt", 1), text=("prompts", 1)),
         Node("irc", "DiffBIRIRControlNetLoader", title="IRControlNet", ircontrolnet_name=_file(p.ircontrolnet),
@@ -99,7 +104,9 @@ def chain(version: str, task: str, upscale: float, sampler: str = "official", lo
                          decode_title="exact tiled VAE decode (official: unclipped)" if tiled else None),
         *([Node("grid", "DiffBIRImageGrid", title="side by side", images=("resize", 0), labels=("scales", 1)),
            Node("save", "SaveImage", images=("grid", 0), filename_prefix="diffbir_guidance_sweep")] if sweep else
-          [Node("save", "SaveImage", images=("resize", 0), filename_prefix="diffbir")]),
+          [Node("save", "SaveImage", images=("resize", 0), filename_prefix="diffbir"),
+           Node("compare", "DiffBIRBeforeAfter", title="before / after", before=("load", 0), after=("resize", 0)),
+           Node("preview_compare", "PreviewImage", title="before / after", images=("compare", 0))]),
         Node("preview_stage1", "PreviewImage", title="stage-1 result", images=("stage1", 0)),
     ]
     return nodes
@@ -120,13 +127,27 @@ def official_finish(prefix: str, samples, vae, stage1, width, height, decode_tit
     ]
 
 
+CAPTION_NOTE = (
+    "The official v2.1 captions every input (LLaVA) and puts the caption in front of the positive prompt. "
+    "To do the same, connect any text (STRING) output to **official prompts → caption**, e.g. a Florence-2 "
+    "caption (kijai/ComfyUI-Florence2, node Florence2Run) or a LLaVA / VLM node (gokayfem/ComfyUI_VLM_nodes), "
+    "or type one into the caption box. Empty = no caption. Keep it short: the prompt is cut at 77 tokens, as "
+    "the official code cuts it.")
+
+
+MODELS_NOTE = (
+    "Missing model files: ComfyUI's download button takes only .safetensors files from huggingface.co or "
+    "civitai.com, and most DiffBIR files are .pth / .ckpt. Get them from the links in the README's weights table "
+    "(https://github.com/comfyui-diffbir/comfyui-diffbir#install) into models/<folder> as listed.")
+
+
 def _readme(title: str, body: str) -> Node:
-    return note("readme", f"# {title}\n\n{body}", title="Read me")
+    return note("readme", f"# {title}\n\n{body}\n\n{MODELS_NOTE}", title="Read me")
 
 
 WORKFLOWS = {
     "DiffBIR v2.1 super-resolution (SwinIR)": (
-        lambda: chain("v2.1", "sr", 4.0),
+        lambda: chain("v2.1", "sr", 4.0, caption=True),
         "DiffBIR v2.1 (the newest): the Real-ESRGAN-trained SwinIR removes the degradation at the target size, "
         "IRControlNet on DiffBIR's zero-terminal-SNR SD 2.1 regenerates detail. Official sampler: EDM "
         "DPM++ 3M SDE, 10 steps, cfg 6 (the official README uses 8: higher is sharper but less faithful)."),
@@ -164,9 +185,29 @@ WORKFLOWS = {
 }
 
 
+STAGES = {  # group title: node keys, one column each, in the order the workflow runs
+    "1. input and stage 1 (clean)": ["readme", "load", "cleaner", "stage1", "preview_stage1"],
+    "2. Stable Diffusion and prompts": ["ckpt", "lora", "sampling", "caption", "caption_note", "prompts", "pos", "neg"],
+    "3. IRControlNet": ["irc", "apply"],
+    "4. sampling": ["tiling", "scales", "guidance", "sigmas", "solver", "noise", "guider", "sample"],
+    "5. decode and colour fix": ["decode", "crop", "colour", "resize"],
+    "6. result": ["grid", "save", "compare", "preview_compare"],
+}
+
+
+def _stages(nodes: list[Node]) -> dict[str, list[str]]:
+    keys = {node.key for node in nodes}
+    stages = {title: [k for k in members if k in keys] for title, members in STAGES.items()}
+    return {title: members for title, members in stages.items() if members}
+
+
 def workflows(info: dict) -> dict:
     """{title: UI-format workflow} for the given node definitions."""
-    return {title: build([_readme(title, text), *describe()], info) for title, (describe, text) in WORKFLOWS.items()}
+    built = {}
+    for title, (describe, text) in WORKFLOWS.items():
+        nodes = [_readme(title, text), *describe()]
+        built[title] = build(nodes, info, stages=_stages(nodes))
+    return built
 
 
 def main(argv=None) -> None:
