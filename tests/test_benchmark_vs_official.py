@@ -1,0 +1,37 @@
+"""The side-by-side benchmark's report (scripts/benchmark_vs_official.py): ratios, medians over rounds
+and the table, from results in the children's format. The children themselves need the official
+code's environment and full-size models, so they are run by hand (docs/development.md)."""
+
+from __future__ import annotations
+
+from scripts import benchmark_vs_official as bench
+
+GIB = 1024 ** 3
+
+
+def result(scale: float, steps: list[float], cached_text: bool = False) -> dict:
+    stages = {name: {"s": 10.0 * scale, "peak_rss": int(7 * GIB * scale), "cuda_peak": 0}
+              for name in bench.STAGES if not (cached_text and name == "text")}
+    return {"load": {"s": 5.0 * scale},
+            "warm_up": {"total_s": 20.0 * scale, "rss_after": int(6 * GIB * scale)},
+            "run": {"total_s": 60.0 * scale, "stages": stages, "steps": steps}}
+
+
+def test_report_ratios_medians_and_table():
+    results = {"official": [result(2.0, [4.0, 4.0, 5.0]), result(4.0, [8.0, 8.0])],
+               "pack": [result(1.0, [1.0, 2.0, 2.0], cached_text=True)]}
+    rows = {r["what"]: r for r in bench.report(results, {"device": "cpu"})["rows"]}
+    whole = rows["whole restore (weights loaded)"]
+    assert (whole["official"], whole["pack"]) == (180.0, 60.0)  # median of 120 and 240; one pack round
+    assert abs(whole["ratio"] - 1 / 3) < 1e-12
+    step = rows["per cfg step (median)"]
+    assert (step["official"], step["pack"]) == (6.0, 2.0)  # median of the rounds' median steps (4 and 8)
+    text = rows["  text"]
+    assert text["pack"] is None and text["ratio"] is None  # the pack's executor kept the encoding
+    assert rows["cold start: load + a 2-step restore"]["official"] == 75.0
+    assert abs(rows["peak RSS of the reported restore"]["pack"] - 7.0) < 1e-9
+    assert "peak CUDA memory" not in rows
+
+    table = bench.markdown({"rows": list(rows.values())}, {"date": "d", "device": "cpu", "command": "c"})
+    assert "| whole restore (weights loaded) | 180.00 s | 60.00 s | 0.33x |" in table
+    assert "|   text | 30.00 s | - | - |" in table
