@@ -87,7 +87,7 @@ def test_every_task_and_version_in_the_help_runs_or_says_which_exist():
     """The help lists every task with every version; a pair without a workflow stops with the versions
     that task has (the pairs with one are run below)."""
     restore = restore_module()
-    parser_help = subprocess.run([sys.executable, str(REPO / "scripts" / "restore.py"), "--help"],
+    parser_help = subprocess.run([sys.executable, "-m", "scripts.restore", "--help"], cwd=REPO,
                                  capture_output=True, text=True, timeout=60).stdout
     tasks = sorted({t for t, _ in restore.WORKFLOW_FOR})
     for task in tasks:
