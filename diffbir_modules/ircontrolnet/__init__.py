@@ -32,13 +32,12 @@ from .network import (
     IRControlNetConfig,
     IRControlNetError,
     config_from_state_dict,
-    fast_attention_options,
 )
 
 __all__ = [
     "KNOWN_FINGERPRINTS", "LATENT_CHANNELS", "LATENT_SCALE", "PADDINGS", "VERSIONS", "IRControlNet",
     "IRControlNetConfig", "IRControlNetControl", "IRControlNetError", "config_from_state_dict",
     "control_chain_rebuilder",
-    "encode_condition", "extract_state_dict", "fast_attention_options", "find_ircontrolnets", "fingerprint",
+    "encode_condition", "extract_state_dict", "find_ircontrolnets", "fingerprint",
     "identify_version", "load_ircontrolnet", "pad_bottom_right", "read_checkpoint", "replace_ircontrolnets",
 ]

@@ -22,6 +22,8 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, TimestepEmbedSequential
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
+from ..attention import fast_attention_options
+
 LATENT_SCALE = 0.18215  # SD's latent scale factor: condition = posterior mode x 0.18215
 LATENT_CHANNELS = 4
 
@@ -128,25 +130,6 @@ class IRControlNet(torch.nn.Module):
             outputs.append(zero_conv(h, emb, context))
         h = self.middle_block(h, emb, context, transformer_options=options)
         return {"output": outputs, "middle": [self.middle_block_out(h, emb, context)]}
-
-
-def _scaled_dot_product(func, *args, **kwargs):
-    from comfy.ldm.modules import attention
-
-    return attention.attention_pytorch(*args, **kwargs)
-
-
-def fast_attention_options() -> dict:
-    """transformer_options that run this network's attention with torch's scaled_dot_product_attention
-    when ComfyUI's global choice is one that materialises the whole score matrix (its CPU defaults:
-    split, sub-quadratic or basic attention). The same maths, several times faster on a CPU; a faster
-    choice a user made (xformers, flash, sage, or pytorch itself) is kept."""
-    from comfy.ldm.modules import attention
-
-    if attention.optimized_attention in (attention.attention_split, attention.attention_sub_quad,
-                                         attention.attention_basic):
-        return {"optimized_attention_override": _scaled_dot_product}
-    return {}
 
 
 def config_from_state_dict(sd: dict, source: str = "state dict") -> IRControlNetConfig:
