@@ -1,0 +1,116 @@
+"""The exact tiled VAE against ComfyUI's own (untiled) VAE at the same size: time, peak resident
+memory and the largest difference, encode and decode, SD 2.x KL autoencoder in its published shapes
+(random weights, devkit/model_factory.py).
+
+    .venv/bin/python -m scripts.benchmark_vae                        # 512 px, 256 px tiles, 3 rounds
+    .venv/bin/python -m scripts.benchmark_vae --sizes 512 1024 --tile 512 --json vae.json
+
+DiffBIR VAE Encode / Decode (exact tiles) with tile_size 0 run ComfyUI's untiled VAE whenever the
+image fits in free memory, so this measures the tiled path a large image takes (forced here with
+``--tile``). The two sides alternate within each round, so a busy machine slows both alike; the
+reported time is the median of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from scripts.benchmark_tiling import RssWatch
+
+
+class _Recorder:
+    """Wall time, CPU time (all threads; a busy machine inflates it less than the wall time) and peak
+    resident memory above the start of each call, per key."""
+
+    def __init__(self, keys):
+        self.watch = RssWatch()
+        self.seconds = {key: [] for key in keys}
+        self.cpu_seconds = {key: [] for key in keys}
+        self.peaks = dict.fromkeys(keys, 0)
+
+    def __call__(self, key, run):
+        self.watch.reset()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        out = run()
+        self.seconds[key].append(time.perf_counter() - started)
+        self.cpu_seconds[key].append(time.process_time() - cpu_started)
+        self.peaks[key] = max(self.peaks[key], self.watch.peak - self.watch.start)
+        return out
+
+
+def measure(sizes: list[int], tile: int, rounds: int, threads: int) -> dict:
+    import torch
+
+    from devkit import comfy_runtime, model_factory
+
+    comfy_runtime.start(Path(tempfile.mkdtemp(prefix="diffbir-bench-vae-")), model_factory.MODELS_DIR)
+    import comfy.sd
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(threads)
+    tiled_vae = comfy_runtime.pack_module("diffbir_modules.tiled_vae")
+    prefix = "first_stage_model."
+    weights = load_file(str(model_factory.sd2_checkpoint("tiny", dtype=torch.float32)))
+    vae = comfy.sd.VAE(sd={k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    del weights
+    report = {"tile": tile, "rounds": rounds, "threads": threads, "device": "cpu", "sizes": {}}
+    for size in sizes:
+        pixels = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(size))
+        record = _Recorder(("comfyui_encode", "exact_encode", "comfyui_decode", "exact_decode"))
+        with torch.inference_mode():
+            for _ in range(rounds):
+                latent = record("comfyui_encode", partial(vae.encode, pixels))
+                exact_latent = record("exact_encode", partial(tiled_vae.encode, vae, pixels, tile, progress=False))
+                encode_error = float((exact_latent - latent).abs().max() / latent.abs().max())
+                image = record("comfyui_decode", partial(vae.decode, latent))
+                exact_image = record("exact_decode", partial(tiled_vae.decode, vae, latent, tile, progress=False))
+                decode_error = float((exact_image - image).abs().max())
+        runs, peaks = record.seconds, record.peaks
+        medians = {key: statistics.median(values) for key, values in runs.items()}
+        cpu = {key: statistics.median(values) for key, values in record.cpu_seconds.items()}
+        report["sizes"][str(size)] = {
+            "seconds": {key: round(value, 2) for key, value in medians.items()},
+            "all_seconds": {key: [round(v, 2) for v in values] for key, values in runs.items()},
+            "cpu_seconds": {key: round(value, 2) for key, value in cpu.items()},
+            "encode_cpu_ratio": round(cpu["exact_encode"] / cpu["comfyui_encode"], 2),
+            "decode_cpu_ratio": round(cpu["exact_decode"] / cpu["comfyui_decode"], 2),
+            "peak_above_start_gib": {key: round(value / 2**30, 3) for key, value in peaks.items()},
+            "encode_ratio": round(medians["exact_encode"] / medians["comfyui_encode"], 2),
+            "decode_ratio": round(medians["exact_decode"] / medians["comfyui_decode"], 2),
+            "encode_max_relative_difference": encode_error,
+            "decode_max_difference": decode_error,
+        }
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512])
+    parser.add_argument("--tile", type=int, default=256, help="exact tiled VAE tile, pixels (multiple of 64)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    report = measure(args.sizes, args.tile, args.rounds, args.threads)
+    for size, row in report["sizes"].items():
+        s, p = row["seconds"], row["peak_above_start_gib"]
+        print(f"{size} px, {args.tile} px tiles:")
+        for stage in ("encode", "decode"):
+            print(f"  {stage}: exact tiled {s['exact_' + stage]:.2f} s vs ComfyUI {s['comfyui_' + stage]:.2f} s "
+                  f"({row[stage + '_ratio']:.2f}x; CPU time {row[stage + '_cpu_ratio']:.2f}x), peak "
+                  f"+{p['exact_' + stage]:.2f} vs +{p['comfyui_' + stage]:.2f} GiB")
+        print(f"  largest difference: latent {row['encode_max_relative_difference']:.1e} relative, "
+              f"image {row['decode_max_difference']:.1e}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
