@@ -93,18 +93,12 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args = _step_info(extra_args)
     model_sampling = _model_sampling(model)
     acp = sampling.training_alphas_cumprod(model_sampling)
-    sig = sigmas.detach().float().cpu()
-    n = len(sig) - 1
+    n = len(sigmas) - 1
     if n < 1:
         return x
-    if (sig[:-1] <= 0).any():
-        raise OfficialSamplerError("DiffBIR DDIM Sampler needs decreasing positive sigmas (only the last may be 0); "
-                                   "use DiffBIR DDIM Sigmas")
-    step_t = sampling.nearest_timesteps(model_sampling, sig)
-    ends_clean = float(sig[-1]) == 0.0
-    if any(a <= b for a, b in zip(step_t[:n], step_t[1:n])):
-        raise OfficialSamplerError(f"DiffBIR DDIM Sampler: the sigmas select the timesteps {step_t[:n]}, which are not "
-                                   "strictly decreasing; use DiffBIR DDIM Sigmas")
+    step_t, end_t = sampling.checked_timesteps(model_sampling, sigmas, "DiffBIR DDIM Sampler", "DiffBIR DDIM Sigmas",
+                                               OfficialSamplerError)
+    ends_clean = end_t is None
     if acp[step_t[0]] == 0.0:
         raise OfficialSamplerError("DiffBIR DDIM Sampler: the first timestep has alphas_cumprod 0 (zero terminal SNR); "
                                    "the official DDIM timesteps never include t = 999: use DiffBIR DDIM Sigmas")
@@ -117,7 +111,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
     for i in range(n):
         comfy.model_management.throw_exception_if_processing_interrupted()
         a_t = float32(acp[step_t[i]])
-        a_prev = float32(acp[0] if (i == n - 1 and ends_clean) else acp[step_t[i + 1]])
+        a_prev = float32(acp[(0 if ends_clean else end_t) if i == n - 1 else step_t[i + 1]])
         sigma = sigmas[i].to(x)
         x_in = x_t / a_t.sqrt()
         x0 = model(x_in, sigma * s_in, **extra_args)

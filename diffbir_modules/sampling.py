@@ -126,6 +126,25 @@ def nearest_timesteps(model_sampling, sigmas: torch.Tensor) -> list[int]:
     return [int(i) for i in index]
 
 
+def checked_timesteps(model_sampling, sigmas: torch.Tensor, sampler: str, fix: str,
+                      error: type[ValueError] = ValueError) -> tuple[list[int], int | None]:
+    """The training timesteps ``sigmas`` select for a sampler that runs the official table: one per
+    step (the non-zero sigmas before the last), and the end's (None when the last sigma is 0, a run to
+    x0). Raises ``error`` naming ``sampler`` and the node that makes valid sigmas (``fix``) unless the
+    sigmas are positive (only the last may be 0) and their timesteps strictly decreasing."""
+    sig = sigmas.detach().float().cpu()
+    if (sig[:-1] <= 0).any() or float(sig[-1]) < 0:
+        raise error(f"{sampler} needs decreasing positive sigmas (only the last may be 0), got "
+                    f"{[round(float(s), 4) for s in sig]}: use {fix}")
+    step_t = nearest_timesteps(model_sampling, sig[:-1])
+    end_t = nearest_timesteps(model_sampling, sig[-1:])[0] if float(sig[-1]) > 0 else None
+    chain = step_t + ([end_t] if end_t is not None else [])
+    if any(a <= b for a, b in zip(chain, chain[1:])):
+        raise error(f"{sampler}: the sigmas select the timesteps {chain}, which are not strictly decreasing: "
+                    f"use {fix} (or fewer steps)")
+    return step_t, end_t
+
+
 def _table_sigma(model_sampling, t: int) -> float:
     return float(model_sampling.sigmas[int(t)])
 
@@ -255,18 +274,10 @@ def sample_spaced(model, x, sigmas, extra_args=None, callback=None, disable=None
     prediction = sd_model.prediction_of(model_sampling)
     acp_train = training_alphas_cumprod(model_sampling)
 
-    sig = sigmas.detach().float().cpu()
-    n = len(sig) - 1
+    n = len(sigmas) - 1
     if n < 1:
         return x
-    if (sig[:-1] <= 0).any():
-        raise ValueError("the DiffBIR spaced sampler needs decreasing positive sigmas (only the last may be 0), got "
-                         f"{[round(float(s), 4) for s in sig]}")
-    step_t = nearest_timesteps(model_sampling, sig[:-1])
-    end_t = nearest_timesteps(model_sampling, sig[-1:])[0] if float(sig[-1]) > 0 else None
-    if any(a <= b for a, b in zip(step_t, step_t[1:])) or (end_t is not None and end_t >= step_t[-1]):
-        raise ValueError(f"the sigmas select the timesteps {step_t + ([end_t] if end_t is not None else [])}, "
-                         "which are not strictly decreasing: use DiffBIR Spaced Sigmas (or fewer steps)")
+    step_t, end_t = checked_timesteps(model_sampling, sigmas, "the DiffBIR spaced sampler", "DiffBIR Spaced Sigmas")
     kept = sorted(set(step_t) | ({end_t} if end_t is not None else set()))
     table = schedules.respaced_schedule(acp_train, kept)
     position = {t: i for i, t in enumerate(table.timesteps.tolist())}

@@ -23,7 +23,8 @@ from .sampling import (
     DiffBIRSpacedSigmas,
 )
 from .stage1 import DiffBIRDegradationRemoval, DiffBIRStage1Loader
-from .tiling import DiffBIRTiledSampling, DiffBIRVAEDecodeTiled, DiffBIRVAEEncodeTiled
+from .tiled_vae import DiffBIRVAEDecodeTiled, DiffBIRVAEEncodeTiled
+from .tiling import DiffBIRTiledSampling
 
 NODES = [
     # stage 1: degradation removal

@@ -126,17 +126,23 @@ class StageClock:
         return wrapper
 
 
-def test_image(size: int, shift: int):
-    """A size x size crop of scikit-image's astronaut, downscaled x4 (the low-quality input);
-    ``shift`` picks another crop so a second run recomputes every node."""
-    import numpy as np
+def input_image(size: int, shift: int):
+    """The low-quality input of one run, ``size / 4`` px square, from scikit-image's 512 px astronaut.
+
+    Up to 512 px: the crop from ``(shift, shift)``, ``size`` px or up to the photo's edge; larger: the
+    whole photo resized to ``size``, mirrored when ``shift``. Either way it is then downscaled x4
+    (bicubic). A non-zero ``shift`` gives a different image, so the second run recomputes every node."""
     from PIL import Image
     from skimage import data
 
-    photo = Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC) if size > 512 else \
-        Image.fromarray(np.ascontiguousarray(data.astronaut()[shift:shift + size, shift:shift + size]))
-    if size > 512 and shift:
-        photo = photo.transpose(Image.FLIP_LEFT_RIGHT)
+    photo = Image.fromarray(data.astronaut())
+    if size <= photo.width:
+        end = min(shift + size, photo.width)
+        photo = photo.crop((shift, shift, end, end))
+    else:
+        photo = photo.resize((size, size), Image.BICUBIC)
+        if shift:
+            photo = photo.transpose(Image.FLIP_LEFT_RIGHT)
     return photo.resize((size // 4, size // 4), Image.BICUBIC)
 
 
@@ -201,7 +207,7 @@ def official_child(spec: dict) -> dict:
         cldm.vae_decode = clock.timed("vae_decode", ControlLDM.vae_decode.__get__(cldm))
         call_times.clear()
         EDMSampler.sample = clock.timed("sampling", original_sample)
-        lq = loop.after_load_lq(test_image(spec["size"], shift))
+        lq = loop.after_load_lq(input_image(spec["size"], shift))
         tiled = spec["tiled"]
         positive, negative, cfg = spec["prompts"]
         reset_peak()
@@ -280,7 +286,7 @@ def pack_child(spec: dict) -> dict:
     runs = []
     for shift, steps in ((0, 2), (37, spec["steps"])):
         name = f"benchmark_{shift}.png"
-        test_image(spec["size"], shift).save(base / "input" / name)
+        input_image(spec["size"], shift).save(base / "input" / name)
         for node in prompt.values():
             if node["class_type"] == "LoadImage":
                 node["inputs"]["image"] = name

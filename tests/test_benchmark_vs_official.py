@@ -35,3 +35,14 @@ def test_report_ratios_medians_and_table():
     table = bench.markdown({"rows": list(rows.values())}, {"date": "d", "device": "cpu", "command": "c"})
     assert "| whole restore (weights loaded) | 180.00 s | 60.00 s | 0.33x |" in table
     assert "|   text | 30.00 s | - | - |" in table
+
+
+def test_input_image_is_a_quarter_of_the_size_and_differs_per_run():
+    """Both sides get the same low-quality input, size / 4 px square; the second run's (shift) is a
+    different image, or ComfyUI's cache would skip the recompute the benchmark times."""
+    import numpy as np
+
+    for size in (512, 2048):  # a crop of the 512 px photo, and the photo resized up
+        first, second = bench.input_image(size, 0), bench.input_image(size, 37)
+        assert first.size == second.size == (size // 4, size // 4)
+        assert not np.array_equal(np.asarray(first), np.asarray(second))

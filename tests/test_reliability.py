@@ -356,7 +356,7 @@ CASES += [Case(f"png-{label}", "image format", lambda f=f"{label}.png": stage1_g
 
 # NaN / inf where images and latents enter our nodes
 NONFINITE = r"holds \d+ NaN and \d+ infinite values"
-# stage 1 checks each image of a batch itself (diffbir_modules/stage1.py) and says which
+# stage 1 checks each image of a batch itself (diffbir_modules/stage1/running.py) and says which
 STAGE1_NONFINITE = ("DiffBIRDegradationRemoval", r"image\(s\) \[0\] of the batch contain NaN or infinite",
                     "Fix the node that produced them")
 CASES += [

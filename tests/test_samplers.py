@@ -186,6 +186,20 @@ def test_spaced_sampler_rejects_sigmas_it_cannot_follow(smp, analytic):
         smp.sample_spaced(denoiser, x, torch.tensor([14.6, 14.6, 0.0]), {"model_options": {}}, disable=True)
 
 
+@pytest.mark.parametrize("sigmas", [[14.6, 14.6, 0.0], [14.6, -1.0, 0.0], [14.6, 1.0, 1.0]])
+def test_official_table_samplers_check_sigmas_alike(comfy, smp, analytic, sigmas):
+    """The spaced and the DDIM sampler check their sigmas with one rule (positive, only the last 0,
+    timesteps strictly decreasing, the end's included), each naming itself and the node to use."""
+    solvers = comfy.pack_module("diffbir_modules.official_solvers")
+    ms = smp.make_model_sampling("v2")
+    denoiser = Denoiser(ms, analytic["cond"], analytic["uncond"])
+    x, sigmas = torch.zeros(1, 4, 8, 8), torch.tensor(sigmas)
+    with pytest.raises(ValueError, match="DiffBIR spaced sampler.*DiffBIR Spaced Sigmas"):
+        smp.sample_spaced(denoiser, x, sigmas, {"model_options": {}}, disable=True)
+    with pytest.raises(solvers.OfficialSamplerError, match="DiffBIR DDIM Sampler.*DiffBIR DDIM Sigmas"):
+        solvers.sample_ddim(denoiser, x, sigmas, {"model_options": {}}, disable=True)
+
+
 def test_noise_streams(smp):
     x = torch.zeros(1, 4, 8, 8)
     g = torch.Generator().manual_seed(SEED)

@@ -304,14 +304,6 @@ def test_dpm_solver_sampler_refuses_other_sigmas(comfy, models):
         run_graph(comfy, models, meta, 1.0, sampler, ddim_sigmas(comfy, 4))
 
 
-def test_print_summary():
-    for name, diffs in RESULTS.items():
-        print(f"{name}: latent {diffs['latent']:.1e} (relative {diffs['latent_rel']:.1e}), decoded "
-              f"{diffs['decoded']:.1e}, colour-fixed {diffs['color_fixed']:.1e}, vs official final "
-              f"{diffs['color_fixed_vs_official_final']:.1e}, "
-              f"unclamped pipeline {diffs['color_fixed_unclamped_decode']:.1e}")
-
-
 def test_every_official_run_has_a_parity_test():
     """Each official run the golden maker writes is read by a test (this module or another): a run file
     that no test reads would otherwise go unchecked."""

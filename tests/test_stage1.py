@@ -372,6 +372,42 @@ def test_progress_per_tile_and_cancel_between_tiles(comfy, stage1, monkeypatch):
         mm.interrupt_current_processing(False)
 
 
+@pytest.mark.parametrize("name", ["general_swinir_v1.ckpt", "BSRNet.pth", "scunet_color_real_psnr.pth"])
+def test_untiled_progress_per_block_and_cancel_between_blocks(comfy, stage1, monkeypatch, name):
+    """Untiled, the bar moves while the network runs: a step as each block of ``progress_pieces``
+    finishes (SwinIR's residual groups, BSRNet's RRDBs, SCUNet's blocks of each level) and one at each
+    image's end; Cancel stops the run after the block that was running."""
+    from comfy import model_management as mm
+    from comfy import utils as comfy_utils
+
+    model = load(comfy, name)
+    pieces = stage1.progress_pieces(model.model)
+    assert len(pieces) >= 4, [type(p).__name__ for p in pieces]
+    total = 2 * (len(pieces) + 1)
+    updates = []
+    previous = comfy_utils.PROGRESS_BAR_HOOK
+    monkeypatch.setattr(comfy_utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0, raising=False)
+    monkeypatch.setattr(comfy_utils, "PROGRESS_THROTTLE_MIN_PERCENT", 0.0, raising=False)
+    comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    try:
+        run_node(comfy, photo(b=2), model, upscale=1.0, min_short_side=0)
+        # every block reported once per image, in order, and the bar ends full
+        assert updates == [(i + 1, total) for i in range(total)]
+
+        def cancel_after_first(value, total, preview, node_id=None):
+            updates.append((value, total))
+            mm.interrupt_current_processing(True)
+
+        updates.clear()
+        comfy_utils.set_progress_bar_global_hook(cancel_after_first)
+        with pytest.raises(mm.InterruptProcessingException):
+            run_node(comfy, photo(b=2), model, upscale=1.0, min_short_side=0)
+        assert updates == [(1, total)]  # stopped after the first block of the first image
+    finally:
+        comfy_utils.set_progress_bar_global_hook(previous)
+        mm.interrupt_current_processing(False)
+
+
 def test_model_goes_through_model_management_and_is_offloaded(comfy):
     from comfy import model_management as mm
 

@@ -66,7 +66,7 @@ def test_replay_equals_lockstep_and_parks_less(tv, vae, square, part):
     image, latent = square
     results, peaks = {}, {}
     for replay in (False, True):
-        meter = tv._Meter()
+        meter = tv.engine.Meter()
         with torch.inference_mode():
             if part == "encode":
                 results[replay] = tv.encode(vae, image, 64, progress=False, replay=replay, meter=meter)
@@ -83,18 +83,18 @@ def test_replay_equals_lockstep_and_parks_less(tv, vae, square, part):
 
 def test_replay_chosen_from_free_memory(tv, vae):
     dec = vae.first_stage_model.decoder
-    segments = tv._decoder_segments(dec)
-    steps = tv._segment_steps(segments, 8)
+    segments = tv.segments.decoder_segments(dec)
+    steps = tv.segments.segment_steps(segments, 8)
     assert steps[-1] == 1 and steps[0] == 8
     full_map = 128 * 2048 * 2048 * 4
-    assert tv._choose_replay(segments, steps, 2048, 2048, 4, budget=4 * full_map) == set()
-    assert tv._choose_replay(segments, steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
+    assert tv.planning.choose_replay(segments, steps, 2048, 2048, 4, budget=4 * full_map) == set()
+    assert tv.planning.choose_replay(segments, steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
     # replayed, full resolution parks one 128-channel map; level 1 in lockstep parks as much: no gain
-    assert tv._choose_replay(segments, steps, 2048, 2048, 4, budget=0) == {0}
-    enc_segments = tv._encoder_segments(vae.first_stage_model.encoder)
-    enc_steps = tv._segment_steps(enc_segments, 1)
+    assert tv.planning.choose_replay(segments, steps, 2048, 2048, 4, budget=0) == {0}
+    enc_segments = tv.segments.encoder_segments(vae.first_stage_model.encoder)
+    enc_steps = tv.segments.segment_steps(enc_segments, 1)
     assert enc_steps[0] == 1 and enc_steps[-1] == 8
-    assert tv._choose_replay(enc_segments, enc_steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
+    assert tv.planning.choose_replay(enc_segments, enc_steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
 
 
 def test_automatic_decodes_untiled_when_it_fits(tv, vae, encoded):
@@ -113,7 +113,7 @@ def test_untiled_pass_moves_the_bar_per_block_and_stops_on_cancel(tv, vae, encod
     image, latent = encoded
     batch = torch.cat([image, image]) if part == "encode" else torch.cat([latent, latent])
     fsm = vae.first_stage_model
-    blocks = len(tv._encoder_blocks(fsm.encoder) if part == "encode" else tv._decoder_blocks(fsm.decoder))
+    blocks = len(tv.network.encoder_blocks(fsm.encoder) if part == "encode" else tv.network.decoder_blocks(fsm.decoder))
     run = (lambda: tv.encode(vae, batch, 0)) if part == "encode" else (lambda: tv.decode(vae, batch, 0))
     # Newer ComfyUI throttles what reaches the hook; older releases have no throttle. Off: every step.
     monkeypatch.setattr(comfy_utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0, raising=False)
@@ -148,9 +148,9 @@ def test_untiled_pass_moves_the_bar_per_block_and_stops_on_cancel(tv, vae, encod
 
 
 def test_tiles_split_on_latent_pixels(tv):
-    assert tv._splits(320, 64) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 320)]
+    assert tv.tiles.splits(320, 64) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 320)]
     for length, tile in ((200, 64), (1000, 300), (72, 64)):
-        parts = tv._splits(length, tile)
+        parts = tv.tiles.splits(length, tile)
         assert parts[0][0] == 0 and parts[-1][1] == length and len(parts) == -(-length // tile)
         assert all(a % 8 == 0 and b - a <= tile for a, b in parts)
         assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
@@ -184,10 +184,10 @@ def test_waiting_tiles_hold_no_tensors(tv, vae, part):
     with torch.inference_mode():
         if part == "encoder":
             x = torch.rand(1, 3, 64, 64)
-            program = tv._encoder_program(fsm.encoder, [x])
+            program = tv.segments.encoder_program(fsm.encoder, [x])
         else:
             x = torch.rand(1, fsm.decoder.conv_in.out_channels, 8, 8)
-            program = tv._decoder_program(fsm.decoder, [x])
+            program = tv.segments.decoder_program(fsm.decoder, [x])
         del x
         norm, t, carry = next(program)
         for _ in range(6):  # through the first resblocks, across a level change for the encoder
@@ -203,7 +203,7 @@ def test_mid_attention_in_bounded_slices_equals_comfys(tv, vae, monkeypatch):
     block = vae.first_stage_model.decoder.mid.attn_1
     assert block.optimized_attention.__name__ == "normal_attention"  # ComfyUI's choice on this CPU
     x = torch.randn(1, block.in_channels, 12, 20, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(tv, "ATTENTION_SLICE_BYTES", 240 * 4 * 16)  # 16 query rows per slice: 15 slices
+    monkeypatch.setattr(tv.network, "ATTENTION_SLICE_BYTES", 240 * 4 * 16)  # 16 query rows per slice: 15 slices
     with torch.inference_mode():
-        ours, comfys = tv._mid_attention(block, x), block(x)
+        ours, comfys = tv.network.mid_attention(block, x), block(x)
     assert (ours - comfys).abs().max() < 1e-5 * comfys.abs().max()

@@ -1,0 +1,76 @@
+"""The exact tiled encode: the full-resolution part in tiles, the latent-resolution part (with global
+attention) whole; ComfyUI's own untiled encode (with a progress bar per block) when the image fits."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.utils
+import torch
+
+from .engine import Meter, run_tiled
+from .network import encoder_blocks, mid_attention, silu, untiled_progress
+from .planning import check_supported, devices, load_and_pick_tile, replay_levels, validate_tile
+from .segments import TILE_HALO_PX, encoder_segments, passes
+from .tiles import TiledMap, tile_regions
+
+log = logging.getLogger("DiffBIR")
+
+
+def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
+           replay: bool | set[int] | None = None, meter: Meter | None = None) -> torch.Tensor:
+    """Unscaled LATENT samples [B, 4, H/8, W/8] (posterior mode, as ComfyUI's VAE.encode) from IMAGE
+    [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic."""
+    validate_tile(tile_size)
+    if not tile_size and not hasattr(vae.first_stage_model, "encoder"):
+        return vae.encode(pixels)
+    check_supported(vae)
+    pixels = vae.vae_encode_crop_pixels(pixels)[..., :3]
+    b, h, w, _ = pixels.shape
+    fsm = vae.first_stage_model
+    enc = fsm.encoder
+    dtype = vae.vae_dtype
+
+    def memory(tile: int) -> float:
+        if not tile:
+            return vae.memory_used_encode((1, 3, h, w), dtype)
+        t = tile + 2 * TILE_HALO_PX
+        return vae.memory_used_encode((1, 3, min(h, t), min(w, t)), dtype)
+
+    tile = load_and_pick_tile(vae, memory, tile_size, max(h, w))
+    if not tile or (tile >= h and tile >= w):
+        log.info("DiffBIR VAE encode: %dx%d px untiled", w, h)
+        with untiled_progress(encoder_blocks(enc) if progress else [], b):
+            return vae.encode(pixels)
+    device, park = devices(vae)
+    owns = tile_regions(h, w, tile)
+    segments = encoder_segments(enc)
+    levels = replay_levels(segments, 1, h, w, dtype, park, replay)
+    log.info("DiffBIR VAE encode: %dx%d px in %d exact tiles of %d px%s", w, h, len(owns), tile,
+             f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
+    bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None
+    out = torch.empty((b, 4, h // 8, w // 8), dtype=torch.float32, device=vae.output_device)
+    for i in range(b):
+        with torch.inference_mode():
+            x = vae.process_input(pixels[i:i + 1].movedim(-1, 1)).to(device=park, dtype=dtype)
+            first = TiledMap(owns, 1, h, w)
+            for j in range(len(owns)):
+                t, bo, le, r = first.own(j)
+                first.chunks[j] = x[..., t:bo, le:r]
+            del x
+            features = run_tiled(segments, first, device, park, levels, bar, meter)
+            feature = torch.empty((1, features.chunks[0].shape[1], h // 8, w // 8), dtype=features.chunks[0].dtype,
+                                  device=device)
+            for j in range(len(owns)):
+                t, bo, le, r = features.own(j)
+                feature[..., t:bo, le:r] = features.chunks[j].to(device)
+                features.chunks[j] = None
+            x = enc.mid.block_1(feature, None)
+            del feature
+            x = mid_attention(enc.mid.attn_1, x)
+            x = enc.mid.block_2(x, None)
+            x = enc.conv_out(silu(enc.norm_out(x)))
+            z = fsm.quant_conv(x)
+            z, _ = fsm.regularization(z)
+            out[i] = z[0].float().to(out.device)
+    return out

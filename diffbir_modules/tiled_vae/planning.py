@@ -1,0 +1,113 @@
+"""The choices before a tiled pass: a VAE this package knows, valid tile sizes, the automatic tile,
+the levels that replay to fit in memory, and the devices that compute and park."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import comfy.model_management
+
+from .segments import DOWN, UP, Segment, segment_steps
+
+TILE_MULTIPLE = 64
+MIN_TILE = 64
+AUTO_TILES = (1024, 768, 512, 256, 128)  # px, largest first
+
+
+class TiledVAEError(ValueError):
+    """Invalid tile settings or a VAE this package cannot tile; the message says what to do."""
+
+
+def validate_tile(tile_size: int) -> None:
+    if tile_size < 0:
+        raise TiledVAEError("tile_size must be 0 (automatic) or positive")
+    if tile_size and (tile_size < MIN_TILE or tile_size % TILE_MULTIPLE):
+        raise TiledVAEError(f"VAE tile_size {tile_size} px is not valid: use 0 (automatic) or a multiple of "
+                            f"{TILE_MULTIPLE} px, at least {MIN_TILE} (e.g. 256, 512, 1024)")
+
+
+def check_supported(vae) -> None:
+    fsm = vae.first_stage_model
+    dec, enc = getattr(fsm, "decoder", None), getattr(fsm, "encoder", None)
+    ok = (dec is not None and enc is not None and hasattr(fsm, "post_quant_conv") and hasattr(fsm, "quant_conv")
+          and getattr(fsm, "bn", None) is None and hasattr(dec, "up") and hasattr(enc, "down")
+          and getattr(vae, "latent_dim", 2) == 2 and not getattr(dec, "give_pre_end", False))
+    if ok:
+        ok = all(len(level.attn) == 0 for level in dec.up) and all(len(level.attn) == 0 for level in enc.down)
+    if not ok:
+        raise TiledVAEError(f"this VAE ({type(fsm).__name__}) is not the SD KL autoencoder the exact tiled VAE knows "
+                            "(SD 1.x/2.x/SDXL); use ComfyUI's VAE Decode (Tiled) / VAE Encode (Tiled) for it")
+
+
+
+def _park_bytes(segment: Segment, elements: int, element_size: int, replay: bool) -> int:
+    """Parked bytes while ``segment`` runs, ``elements`` per channel at its output resolution."""
+    c_in, c_out = segment.channels
+    if not replay:  # the resampled input at the first GroupNorm, then the block's h and shortcut
+        return max(c_in, 2 * c_out) * elements * element_size
+    inputs = elements // 4 if segment.resample == UP else elements * 4 if segment.resample == DOWN else elements
+    return max(c_in * inputs, c_out * elements) * element_size
+
+
+def choose_replay(segments: list[Segment], steps: list[int], height: int, width: int, element_size: int,
+                  budget: float) -> set[int]:
+    """Levels to replay: none when lockstep's parked state fits ``budget`` bytes, else the level with
+    the largest parked state, then the next, while that lowers the peak."""
+    def peaks(replay: set[int]) -> dict[int, int]:
+        out = {}
+        for segment, step in zip(segments, steps):
+            size = _park_bytes(segment, (height // step) * (width // step), element_size, segment.level in replay)
+            out[segment.level] = max(out.get(segment.level, 0), size)
+        return out
+
+    replay: set[int] = set()
+    while True:
+        current = peaks(replay)
+        worst = max(current.values())
+        if worst <= budget or any(current[level] == worst for level in replay):
+            return replay  # fits, or the largest is a replayed level already: replaying more cannot help
+        replay |= {level for level, size in current.items() if size == worst}
+
+
+REPLAY_SHARE = 8  # lockstep may park up to 1/8 of the parking device's free memory; above, levels replay
+
+
+def devices(vae):
+    device = vae.device
+    park = comfy.model_management.intermediate_device()
+    if device.type == "cpu":
+        park = device
+    return device, park
+
+
+def load_and_pick_tile(vae, memory: Callable[[int], float], tile_size: int, longest: int) -> int:
+    """Loads the VAE (freeing ``memory(tile)`` bytes for the tile asked, or a 256 px one) and returns
+    the explicit tile, or 0 (untiled) when the whole image fits, else the largest automatic tile that
+    fits. ``memory(0)``: the untiled pass."""
+    comfy.model_management.load_models_gpu([vae.patcher], memory_required=memory(tile_size or 256))
+    free = comfy.model_management.get_free_memory(vae.device)
+
+    def fits(tile: int) -> bool:
+        return memory(tile) < free
+
+    if tile_size:
+        return tile_size
+    if fits(0):
+        return 0
+    for candidate in AUTO_TILES:
+        if candidate < longest and fits(candidate):
+            return candidate
+    return AUTO_TILES[-1]
+
+
+def replay_levels(segments, start_step: int, height: int, width: int, dtype, park, replay) -> set[int]:
+    """``replay``: None = chosen from the parking device's free memory; True/False = every level / none;
+    or the levels themselves (0 = full resolution)."""
+    levels = {segment.level for segment in segments}
+    if isinstance(replay, bool):
+        return levels if replay else set()
+    if replay is not None:
+        return set(replay) & levels
+    budget = comfy.model_management.get_free_memory(park) / REPLAY_SHARE
+    return choose_replay(segments, segment_steps(segments, start_step), height, width,
+                         comfy.model_management.dtype_size(dtype), budget)
