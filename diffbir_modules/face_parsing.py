@@ -89,16 +89,14 @@ class ParseNet(nn.Module):
 
 
 def build_parsenet(state_dict: dict, source: str = "the weights") -> ParseNet:
-    from .face_detection import _strip_prefix, load_strict
-
-    state_dict = _strip_prefix(state_dict)
+    state_dict = weights_io.strip_prefix(state_dict)
     other = weights_io.wrong_kind(source, state_dict, "parsenet", "a ParseNet face parser (parsing_parsenet.pth)")
     if "out_mask_conv.conv2d.weight" not in state_dict and other:
         raise other
     if "out_mask_conv.conv2d.weight" not in state_dict:
         raise ValueError(f"{source} is not a ParseNet file (expected facexlib's parsing_parsenet.pth layout with "
                          "out_mask_conv.conv2d.weight)")
-    return load_strict(ParseNet, state_dict, "ParseNet", source)
+    return weights_io.load_strict(ParseNet, state_dict, "ParseNet", source)
 
 
 @torch.no_grad()

@@ -236,3 +236,38 @@ def wrong_kind(name: str, sd: dict, wanted: str, expected: str) -> WeightsFileEr
         return None
     _, what, action = found
     return WeightsFileError(f"{name} is {what}, not what this loader takes: {action}. Expected {expected}.")
+
+
+def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
+    """``state_dict`` without ``prefix`` when every key has it (DataParallel's ``module.``)."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def load_strict(module_factory, state_dict: dict, what: str, source: str) -> torch.nn.Module:
+    """Builds ``module_factory()`` (on the meta device: no wasted initialisation) and loads a state
+    dict that must match it exactly (BatchNorm's num_batches_tracked may be absent); errors name the
+    file and what differs. Floating-point weights are kept in float32."""
+    with torch.device("meta"):
+        module = module_factory()
+    own = module.state_dict()
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked") or k in own}
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k}: file {tuple(state_dict[k].shape)}, expected {tuple(own[k].shape)}"
+             for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{source} is not a {what} weight file in the expected layout: "
+            f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, "
+            f"{len(wrong)} with other shapes {wrong[:3]}")
+    full = {}
+    for key, reference in own.items():
+        if key in state_dict:
+            value = state_dict[key]
+            full[key] = value.float() if value.is_floating_point() else value
+        else:  # an absent BatchNorm counter
+            full[key] = torch.zeros(reference.shape, dtype=reference.dtype)
+    module.load_state_dict(full, strict=True, assign=True)
+    return module.eval()
