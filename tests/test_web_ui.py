@@ -205,7 +205,8 @@ PACK_NODES = """(() => Object.values(LiteGraph.registered_node_types)
   .map(t => ({type: t.type, category: t.nodeData.category, display: t.nodeData.display_name})))()"""
 OUTPUT_LABELS = """(() => { const n = LiteGraph.createNode('DiffBIRDegradationRemoval');
   return n.outputs.map(o => o.label || o.localized_name || o.name); })()"""
-SEARCH_OPTIONS = ("JSON.stringify(Array.from(document.querySelectorAll('.p-autocomplete-option'))"
+# the search box's result rows: PrimeVue autocomplete options (frontend 1.32), role=option rows (1.49)
+SEARCH_OPTIONS = ("JSON.stringify(Array.from(document.querySelectorAll('.p-autocomplete-option, [role=option]'))"
                   ".map(e => e.innerText.split('\\n')[0].trim()))")
 TOGGLE_NODE_LIBRARY = ("(async () => { await app.extensionManager.command.execute("
                        "'Workspace.ToggleSidebarTab.node-library'); })()")
