@@ -178,6 +178,23 @@ def ensure(keys: Iterable[str | WeightFile], allow_download: bool = True, progre
     return found
 
 
+def missing_before_run(keys: Iterable[str | WeightFile], allow_download: bool = True,
+                       switch: str = "download_missing") -> str | None:
+    """For a loader's ``validate_inputs``: the message ``ensure`` would raise for ``keys`` when some
+    are missing and downloads are off, else None. ComfyUI validates every node of a prompt before it
+    runs any and reports all their errors together, so a workflow with several missing files lists
+    them all at once instead of failing on one file per run. ``switch``: the node's download input,
+    named in the message when it is off."""
+    entries = list({w.key: w for w in (entry(k) if isinstance(k, str) else k for k in keys)}.values())
+    missing = [w for w in entries if find(w) is None]
+    if not missing:
+        return None
+    allowed, why = downloads_allowed()
+    if not allow_download:
+        allowed, why = False, f"downloads are turned off on the node ({switch} = false)"
+    return None if allowed else str(MissingWeightsError(missing, why))
+
+
 def fetch(w: WeightFile, directory: str | None = None, progress_factory: Callable | None = None,
           **download_options) -> str:
     """Downloads ``w`` into ``directory`` (default: its model folder), trying each candidate URL."""

@@ -8,7 +8,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..diffbir_modules import face_models, guards, images
+from ..diffbir_modules import downloads, face_models, guards, images
 from ..diffbir_modules import faces as face_pipeline
 from . import menu
 
@@ -47,6 +47,16 @@ class DiffBIRFaceDetectorLoader(io.ComfyNode):
             ],
             outputs=[FaceDetector.Output(display_name="detector", tooltip="The loaded face detector.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, detector="retinaface_resnet50", download_if_missing=True):
+        # (declaring ``detector`` here replaces ComfyUI's own check of the combo value)
+        if detector not in face_models.DETECTORS:
+            return f"unknown face detector {detector!r}; choose one of {', '.join(face_models.DETECTORS)}"
+        if detector not in face_models.RETINAFACE_KEYS:
+            return True
+        return downloads.missing_before_run([face_models.RETINAFACE_KEYS[detector]], download_if_missing,
+                                              "download_if_missing") or True
 
     @classmethod
     def execute(cls, detector, download_if_missing=True) -> io.NodeOutput:
@@ -164,6 +174,11 @@ class DiffBIRFaceParserLoader(io.ComfyNode):
             ],
             outputs=[FaceParser.Output(display_name="face_parser", tooltip="The loaded ParseNet.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, download_if_missing=True):
+        return downloads.missing_before_run([face_models.PARSENET_KEY], download_if_missing,
+                                            "download_if_missing") or True
 
     @classmethod
     def execute(cls, download_if_missing=True) -> io.NodeOutput:

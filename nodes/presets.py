@@ -3,7 +3,7 @@ files in the model folders or downloading the missing ones."""
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import preset_loading, presets
+from ..diffbir_modules import downloads, preset_loading, presets
 from . import menu
 from .ircontrolnet import IRControlNetType
 
@@ -66,6 +66,15 @@ class DiffBIRPresetLoader(io.ComfyNode):
                     "What was loaded from where, and the official sampler of this version, as text.")),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, version="v2.1", task="sr", download_missing=True):
+        # (declaring the combos here replaces ComfyUI's own check of their values)
+        try:
+            preset = presets.preset_for(version, task)
+        except ValueError as error:
+            return str(error)
+        return downloads.missing_before_run(preset.files(), download_missing) or True
 
     @classmethod
     def execute(cls, version="v2.1", task="sr", download_missing=True) -> io.NodeOutput:

@@ -166,19 +166,23 @@ class ComfyServer:
 
     def run_with_progress(self, prompt: dict, report, timeout: float = 86400) -> dict:
         """Like run(), calling ``report(event, data)`` for the server's websocket messages
-        ("executing", "progress", ...) while the prompt runs."""
+        ("executing", "progress", ...) while the prompt runs. A live preview (a binary frame) is
+        reported as ``("preview_image", {"format": "JPEG" or "PNG", "image": bytes})``, right after
+        the "progress" message of its sampling step."""
         import threading
 
-        stop = threading.Event()
-        thread = threading.Thread(target=self._listen, args=(report, stop), daemon=True)
+        stop, connected = threading.Event(), threading.Event()
+        thread = threading.Thread(target=self._listen, args=(report, stop, connected), daemon=True)
         thread.start()
+        # the server sends a prompt's messages only to sockets open when they happen
+        connected.wait(timeout=30)
         try:
             return self.run(prompt, timeout=timeout)
         finally:
             stop.set()
             thread.join(timeout=5)
 
-    def _listen(self, report, stop) -> None:
+    def _listen(self, report, stop, connected) -> None:
         import asyncio
 
         import aiohttp  # a ComfyUI dependency
@@ -186,6 +190,7 @@ class ComfyServer:
         async def listen():
             async with aiohttp.ClientSession() as session:
                 async with session.ws_connect(f"{self.url.replace('http', 'ws')}/ws?clientId={self.client_id}") as ws:
+                    connected.set()
                     while not stop.is_set():
                         try:
                             message = await ws.receive(timeout=0.5)
@@ -194,6 +199,10 @@ class ComfyServer:
                         if message.type == aiohttp.WSMsgType.TEXT:
                             data = json.loads(message.data)
                             report(data.get("type"), data.get("data", {}))
+                        elif message.type == aiohttp.WSMsgType.BINARY:
+                            preview = _preview_frame(message.data)
+                            if preview is not None:
+                                report("preview_image", preview)
                         elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                             return
 
@@ -201,6 +210,8 @@ class ComfyServer:
             asyncio.run(listen())
         except Exception as error:  # progress display is best effort; the result comes from /history
             report("progress_unavailable", {"error": str(error)})
+        finally:
+            connected.set()
 
     def output_images(self, entry: dict, node_id: str | None = None) -> list[Path]:
         """Paths of the images the prompt's output nodes saved."""
@@ -212,6 +223,20 @@ class ComfyServer:
                 folder = {"output": "output", "temp": "temp", "input": "input"}[image.get("type", "output")]
                 paths.append(self.base / folder / image.get("subfolder", "") / image["filename"])
         return paths
+
+
+# ComfyUI's binary websocket frames: a big-endian uint32 event type, then the payload. A preview
+# image (event 1, what a client that announces no feature flags gets) is a uint32 image type
+# (1 JPEG, 2 PNG) followed by the encoded image.
+PREVIEW_IMAGE_EVENT = 1
+PREVIEW_IMAGE_FORMATS = {1: "JPEG", 2: "PNG"}
+
+
+def _preview_frame(frame: bytes) -> dict | None:
+    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != PREVIEW_IMAGE_EVENT:
+        return None
+    image_format = PREVIEW_IMAGE_FORMATS.get(int.from_bytes(frame[4:8], "big"), "unknown")
+    return {"format": image_format, "image": bytes(frame[8:])}
 
 
 class PromptRejected(RuntimeError):

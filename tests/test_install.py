@@ -3,6 +3,7 @@
 Registry and ComfyUI-Manager read; no code builds paths from the working directory."""
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -82,13 +83,13 @@ def test_pack_loads_under_any_folder_name_and_working_directory(tmp_path):
         paths = server.output_images(server.run(prompt, timeout=300), "save")
         assert len(paths) == 1 and Image.open(paths[0]).size == (64, 48)
 
-        # offline, a shared workflow whose weights are missing fails naming each file, URL and folder
+        # offline, a shared workflow whose weights are missing is refused naming each file, URL and folder
         workflow_prompt = comfy_headless.workflow_to_prompt(offline_workflow(), info)
-        with pytest.raises(comfy_headless.PromptFailed) as failed:
+        with pytest.raises(comfy_headless.PromptRejected) as failed:
             server.run(workflow_prompt, timeout=300)
-    message = str(failed.value)
+    message = json.loads(str(failed.value).split(": ", 1)[1])["node_errors"]["1"]["errors"][0]["details"]
     print(message)
-    assert "MissingWeightsError" in message and "DIFFBIR_NO_DOWNLOAD=1" in message
+    assert "model files are missing" in message and "DIFFBIR_NO_DOWNLOAD=1" in message
     for name, folder, url in [
         ("sd2.1-base-zsnr-laionaes5.ckpt", "checkpoints", "lxq007/DiffBIR-v2/resolve/main/sd2.1-base-zsnr"),
         ("DiffBIR_v2.1.pt", "diffbir", "lxq007/DiffBIR-v2/resolve/main/DiffBIR_v2.1.pt"),

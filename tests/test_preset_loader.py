@@ -45,7 +45,8 @@ def test_offline_workflow_fails_naming_every_missing_file(comfy, isolated_folder
         comfy.run_prompt(prompt, outputs=["p"])
     message = str(info.value)
     print(message)
-    assert "MissingWeightsError" in message and "DIFFBIR_NO_DOWNLOAD=1" in message
+    # refused when the prompt is validated, before anything runs
+    assert "invalid prompt" in message and "DIFFBIR_NO_DOWNLOAD=1" in message
     files = presets.preset_for("v2", "unaligned_face").files()
     assert len(files) == 6  # SD, IRControlNet, face cleaner, background cleaner, detector, parser
     for key in files:

@@ -7,6 +7,9 @@
 - ``aligned_face``: an already aligned 512x512 face through the DiffBIR chain with the face cleaner
   (DiffBIR's --task face: no detection at all).
 
+Both end with DiffBIR Before / After (the input beside the result) and group their nodes by stage
+(``STAGES``), like the general workflows.
+
 ``chain="diffbir"`` is the real restoration chain (preset loader, degradation removal, IRControlNet,
 KSampler, unclipped decode, crop, colour fix, resize to the requested size: the nodes of the stage1 /
 ircontrolnet / samplers / userready areas);
@@ -89,6 +92,11 @@ def _stock_restore(prefix: str, image, checkpoint: str, seed: int) -> list:
     ]
 
 
+def _before_after(before, after) -> list:
+    return [Node("compare", "DiffBIRBeforeAfter", title="before / after", before=before, after=after),
+            Node("preview_compare", "PreviewImage", title="before / after", images=("compare", 0))]
+
+
 def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detector: str = "retinaface_resnet50",
                       checkpoint: str = "", face_size: int = 512, upscale: float = UPSCALE, parse: bool = True) -> list:
     nodes = [note("readme", WILD_NOTE, title="Read me"),
@@ -124,6 +132,7 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
     nodes += [Node("paste", "DiffBIRFacePasteBack", background=("background_resize", 0),
                    restored_faces=("face_resize", 0), faces=("detect", 1), **paste_options),
               Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_faces"),
+              *_before_after(("load", 0), ("paste", 0)),
               Node("save_mask", "MaskToImage", mask=("paste", 1)),
               Node("mask_preview", "PreviewImage", title="paste mask", images=("save_mask", 0))]
     return nodes
@@ -138,7 +147,8 @@ def aligned_face(chain: str = "diffbir", image: str = "face.png", checkpoint: st
     else:
         nodes.append(Node("ckpt", "CheckpointLoaderSimple", ckpt_name=checkpoint))
         nodes += _stock_restore("face", ("load", 0), "ckpt", seed=231)
-    nodes.append(Node("save", "SaveImage", images=("face_resize", 0), filename_prefix="diffbir_face"))
+    nodes += [Node("save", "SaveImage", images=("face_resize", 0), filename_prefix="diffbir_face"),
+              *_before_after(("load", 0), ("face_resize", 0))]
     return nodes
 
 
@@ -147,12 +157,34 @@ WORKFLOWS = {
     "DiffBIR aligned face (v2.1)": aligned_face,
 }
 
+# group title: node keys (both chains), one column each, in the order the workflow runs (the background
+# first: its degradation removal gives the size the faces are found at); a workflow's groups are numbered
+STAGES = {
+    "input and models": ["readme", "load", "preset", "ckpt", "detector", "parser"],
+    "background: restore": ["background_clean", "background_pos", "background_neg", "background_control",
+                            "background_sample"],
+    "background: decode and colour fix": ["background_decode", "background_crop", "background_colour",
+                                          "background_resize"],
+    "find faces": ["upscale", "detect", "preview"],
+    "faces: restore": ["face_clean", "face_encode", "face_pos", "face_neg", "face_control", "face_sample"],
+    "faces: decode and colour fix": ["face_decode", "face_crop", "face_colour", "face_resize"],
+    "result": ["paste", "save", "compare", "preview_compare", "save_mask", "mask_preview"],
+}
+
+
+def _stages(nodes: list[Node]) -> dict[str, list[str]]:
+    keys = {node.key for node in nodes}
+    stages = {title: [k for k in members if k in keys] for title, members in STAGES.items()}
+    present = [(title, members) for title, members in stages.items() if members]
+    return {f"{number}. {title}": members for number, (title, members) in enumerate(present, 1)}
+
 
 def workflows(info: dict, chain: str = "diffbir") -> dict:
     """{title: UI-format workflow} for the given node definitions."""
     out = {}
     for title, describe in WORKFLOWS.items():
-        workflow = build(describe(chain), info)
+        nodes = describe(chain)
+        workflow = build(nodes, info, stages=_stages(nodes))
         weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
         out[title] = workflow
     return out
