@@ -18,7 +18,7 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
             node_id="DiffBIRDegradationRemoval",
             **menu.search("restore", "restoration", "upscale", "super resolution", "denoise", "deblur",
                 "jpeg artifacts", "sharpen", "enhance", "face", "swinir", "bsrnet", "scunet"),
-            display_name="DiffBIR Degradation Removal (stage 1)",
+            display_name="DiffBIR Restore / Upscale: Degradation Removal (stage 1)",
             category=menu.STAGE1,
             description=(
                 "DiffBIR's first stage: a restoration network (SwinIR, BSRNet, SCUNet or any model from 'Load "

@@ -279,6 +279,9 @@ def test_degradation_removal_outputs_are_named(page):
     ui_screenshot(page, "degradation-removal-node")
 
 
+DEGRADATION_REMOVAL_TITLE = "DiffBIR Restore / Upscale: Degradation Removal (stage 1)"
+
+
 @pytest.mark.server
 @pytest.mark.parametrize("words", ["restore", "upscale", "face"])
 def test_search_finds_degradation_removal(page, words):
@@ -286,7 +289,8 @@ def test_search_finds_degradation_removal(page, words):
     ui_screenshot(page, f"search-{words}")
     page.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": "Escape", "code": "Escape",
                                          "windowsVirtualKeyCode": 27})
-    if comfyui_version() < (0, 4):
-        # frontend 1.32.9 matches node ids and display names only: the aliases cannot reach it there
+    if words not in DEGRADATION_REMOVAL_TITLE.lower() and comfyui_version() < (0, 4):
+        # frontend 1.32.9 matches node ids and display names only: the aliases cannot reach it there,
+        # so the words users type most are in the display name itself
         pytest.xfail(f"ComfyUI {comfyui_version()}: the web UI's search ignores search aliases; listed: {titles}")
-    assert "DiffBIR Degradation Removal (stage 1)" in titles, titles
+    assert DEGRADATION_REMOVAL_TITLE in titles, titles
