@@ -225,6 +225,11 @@ def workflows(info: dict, chain: str = "diffbir") -> dict:
     for title, describe in WORKFLOWS.items():
         workflow = build(describe(chain), info)
         weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
+        # the web UI offers a node's files only when its widgets name them: list the face models (their
+        # loaders name a detector, not a file) with the workflow's own, as the unaligned_face preset does
+        listed = workflow.setdefault("models", [])
+        listed += [m for node in workflow["nodes"] for m in node.get("properties", {}).get("models", [])
+                   if m not in listed]
         out[title] = workflow
     return out
 
