@@ -102,10 +102,10 @@ def shipped_prompt(server, case_id: str, case: dict) -> tuple[dict, str]:
     return prompt, save_id
 
 
-# Faces in the wild: measured max 3, mean 0.0038 levels (0.370% of values differ), all in the pasted face.
-# The background matches; the official paste works on 8 bits (the restored face truncated to uint8, warped
-# with cv2's rounding onto the uint8 background, ParseNet fed the uint8 face) where the pack's paste stays
-# in float. Known and open: strict, so the test reports it as soon as the pack matches.
+# Faces in the wild: measured max 3, mean 0.0038 levels (0.370% of values differ; where was not located).
+# Likely cause, not yet confirmed stage by stage: the official paste works on 8 bits (the restored face
+# truncated to uint8, warped with cv2's rounding onto the uint8 background, ParseNet fed the uint8 face)
+# where the pack's paste stays in float. Known and open: strict, so the test reports it as soon as the pack matches.
 KNOWN = {"v21_faces_wild_x2": "the official paste-back works on 8-bit face and background, the pack's in float "
                               "(max 3 levels)"}
 
