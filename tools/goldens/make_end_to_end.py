@@ -21,7 +21,19 @@ Options of a case (the official command-line flags they stand for):
   then skips tiling on inputs smaller than a tile, as officially); the VAE is not tiled, because the
   official tiled VAE is approximate (shared but averaged GroupNorm statistics) while the pack's
   exact tiled VAE equals the untiled one;
-- ``n_samples``: ``--n_samples N --batch_size N``: the image repeated N times in one batch.
+- ``n_samples``: ``--n_samples N --batch_size N``: the image repeated N times in one batch;
+- ``lq``: the low-quality image (LQ_IMAGES), by default the 123 x 77 crop.
+
+Face cases (``--task face`` / ``face_background``) run the official loops of
+``diffbir/inference/bfr_loop.py`` and ``unaligned_bfr_loop.py``. The faces-in-the-wild case runs the
+loop's own ``load_lq`` / ``after_load_lq`` / ``save`` (detection, alignment, paste-back through its
+``FaceRestoreHelper``) with two stand-ins: the helper's detector and parser are facexlib's RetinaFace
+ResNet-50 and ParseNet with the test weights (their initialisers download), and the detector's score
+threshold is WILD_CONFIDENCE instead of 0.8 (random weights score every anchor near 0.5). One
+difference is deliberate and documented (README, parity): the official CLI seeds once per process,
+so the background's noise continues the random stream after the faces' sampling; a ComfyUI graph
+seeds each sampler, so here the stream is seeded again (SEED) before the background's
+``Pipeline.run``. With one detected face the face run is unchanged.
 """
 
 from __future__ import annotations
@@ -66,7 +78,40 @@ CASES = {
     "v21_swinir_sr_x4_batch2": ("DiffBIR v2.1 super-resolution (SwinIR)", "v2.1", "sr", "SwinIRPipeline",
                                 "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 4.0),
 }
-OPTIONS = {"v21_tiled_sr_x4": {"tiled": True}, "v21_swinir_sr_x4_batch2": {"n_samples": 2}}
+CASES["v21_aligned_face_x1"] = ("DiffBIR aligned face (v2.1)", "v2.1", "face", "SwinIRPipeline",
+                                "face_swinir_v1.ckpt", "edm_dpm++_3m_sde", 1.0)
+CASES["v21_faces_wild_x2"] = ("DiffBIR faces in the wild (v2.1)", "v2.1", "face_background", "SwinIRPipeline",
+                              "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 2.0)
+OPTIONS = {"v21_tiled_sr_x4": {"tiled": True}, "v21_swinir_sr_x4_batch2": {"n_samples": 2},
+           "v21_aligned_face_x1": {"lq": "face_512"}, "v21_faces_wild_x2": {"lq": "astronaut_320"}}
+FACE_CLEANER = "face_swinir_v1.ckpt"
+# The face models of the wild case (devkit.model_factory.face_model_file seeds; the test installs the same
+# files) and the detector's score threshold for them (see the module docstring; the test sets it on the
+# workflow's detect node).
+WILD_SEEDS = {"retinaface_resnet50": 0, "parsenet": 0}
+# The image is 320 x 320, so x 2 it is 640 x 640 and the helper detects at that size without resizing
+# (at 512 px its cv2.resize to 640, one level off ours in some pixels, moved the landmarks enough to
+# change the restored face's noise-like texture by tens of levels). The helper's detections on it with
+# these weights, after NMS: the top one scores 0.99072 with eye distance (as the helper reads it)
+# 13.2 px, the next 0.98518. A threshold between the two keeps that one face.
+WILD_CONFIDENCE = 0.988
+
+
+def lq_image(name: str) -> Image.Image:
+    """The low-quality images of the cases, from scikit-image's astronaut (512 x 512, public domain):
+    ``astronaut_123x77`` an odd-sized crop; ``face_512`` the face (a 128 x 128 crop) PIL-bicubic upscaled
+    to 512 x 512, a blurry aligned-looking face; ``astronaut_320`` a 320 x 320 crop with the face."""
+    from skimage import data
+
+    image = data.astronaut()
+    if name == "astronaut_123x77":
+        top, left, h, w = LQ_BOX
+        return Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
+    if name == "face_512":
+        return Image.fromarray(np.ascontiguousarray(image[50:178, 160:288])).resize((512, 512), Image.BICUBIC)
+    if name == "astronaut_320":
+        return Image.fromarray(np.ascontiguousarray(image[0:320, 100:420]))
+    raise KeyError(name)
 TILE_SIZE, TILE_STRIDE = 512, 256  # the official defaults of --cleaner_tile_* and --cldm_tile_*
 
 
@@ -104,43 +149,132 @@ def diffusion(version: str):
 def run_case(cldm, version: str, task: str, pipeline_name: str, cleaner_file: str, sampler: str, upscale: float,
              lq: Image.Image, tiled: bool = False, n_samples: int = 1) -> np.ndarray:
     from diffbir import pipeline as pipelines
+    from diffbir.inference.bfr_loop import BFRInferenceLoop
     from diffbir.inference.bid_loop import BIDInferenceLoop
     from diffbir.inference.bsr_loop import BSRInferenceLoop
 
-    loop = object.__new__({"sr": BSRInferenceLoop, "denoise": BIDInferenceLoop}[task])
+    loop = object.__new__({"sr": BSRInferenceLoop, "denoise": BIDInferenceLoop, "face": BFRInferenceLoop}[task])
     loop.args = Namespace(version=version, upscale=upscale)
     lq_array = loop.after_load_lq(lq)  # PIL bicubic x upscale, except v2 sr (BSRNet upscales itself)
     cleaner = official_cleaner(cleaner_file)
     cls = getattr(pipelines, pipeline_name)
     args = (cleaner, cldm, diffusion(version), None, "cpu")
     pipe = cls(*args, upscale) if pipeline_name == "BSRNetPipeline" else cls(*args)
-    positive, negative, cfg, _, _ = prompts.DEFAULTS[version]
     torch.manual_seed(SEED)
+    return run_pipeline(pipe, lq_array, version, sampler, tiled, n_samples)
+
+
+def run_pipeline(pipe, lq_array: np.ndarray, version: str, sampler: str, tiled: bool = False,
+                 n_samples: int = 1) -> np.ndarray:
+    """``Pipeline.run`` with the arguments the official loop passes (the CLI defaults but the case's)."""
+    positive, negative, cfg, _, _ = prompts.DEFAULTS[version]
     with torch.no_grad():
-        out = pipe.run(np.tile(lq_array[None], (n_samples, 1, 1, 1)), STEPS, 1.0, tiled, TILE_SIZE, TILE_STRIDE,
-                       False, 256, False, 256, tiled, TILE_SIZE, TILE_STRIDE,
-                       positive, negative, cfg, "noise", sampler, 0, False, 0.0, 0.0, 300.0, 1.0, 1.0, 1)
-    return out
+        return pipe.run(np.tile(lq_array[None], (n_samples, 1, 1, 1)), STEPS, 1.0, tiled, TILE_SIZE, TILE_STRIDE,
+                        False, 256, False, 256, tiled, TILE_SIZE, TILE_STRIDE,
+                        positive, negative, cfg, "noise", sampler, 0, False, 0.0, 0.0, 300.0, 1.0, 1.0, 1)
+
+
+def face_networks():
+    """facexlib's RetinaFace ResNet-50 (score threshold WILD_CONFIDENCE) and ParseNet with the test weights."""
+    import facexlib.detection.retinaface as retinaface_module
+    from facexlib.detection.retinaface import RetinaFace
+    from facexlib.parsing.parsenet import ParseNet
+
+    from tools.goldens.make_faces import reference_nms
+
+    retinaface_module.py_cpu_nms = lambda dets, thresh: reference_nms(dets[:, :4], dets[:, 4], thresh)
+    detector = RetinaFace(network_name="resnet50", device="cpu")
+    detector.load_state_dict(torch.load(model_factory.face_model_file("retinaface_resnet50",
+                                                                      WILD_SEEDS["retinaface_resnet50"])))
+    detect = detector.detect_faces
+    detector.detect_faces = lambda image, conf_threshold=0.8, nms_threshold=0.4, **kw: detect(
+        image, WILD_CONFIDENCE, nms_threshold, **kw)
+    parser = ParseNet(in_size=512, out_size=512, parsing_ch=19)
+    parser.load_state_dict(torch.load(model_factory.face_model_file("parsenet", WILD_SEEDS["parsenet"])))
+    return detector.eval(), parser.eval()
+
+
+def run_wild_case(cldm, lq: Image.Image, upscale: float) -> tuple[np.ndarray, int]:
+    """The official faces-in-the-wild loop on one image; returns (result, number of faces)."""
+    import tempfile
+
+    import diffbir.utils.face as face_module
+    from diffbir import pipeline as pipelines
+    from diffbir.inference.unaligned_bfr_loop import UnAlignedBFRInferenceLoop
+
+    class NoCSV:  # the loop writes its prompts to a CSV with pandas (not installed here)
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def to_csv(self, *args, **kwargs):
+            pass
+
+    sys.modules["pandas"].DataFrame = NoCSV
+    import diffbir.inference.unaligned_bfr_loop as loop_module
+
+    loop_module.pd = sys.modules["pandas"]
+    detector, parser = face_networks()
+    face_module.init_detection_model = lambda *args, **kwargs: detector
+    face_module.init_parsing_model = lambda *args, **kwargs: parser
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "in").mkdir()
+        lq.save(Path(tmp) / "in" / "lq.png")
+        loop = object.__new__(UnAlignedBFRInferenceLoop)
+        loop.args = Namespace(version="v2.1", upscale=upscale, device="cpu", input=str(Path(tmp) / "in"),
+                              output=str(Path(tmp) / "out"))
+        loop.loop_ctx = {}
+        loop.bg_cleaner = official_cleaner("realesrgan_s4_swinir_100k.pth")
+        loop.face_cleaner = official_cleaner(FACE_CLEANER)
+        loop.cldm, loop.diffusion, loop.cond_fn = cldm, diffusion("v2.1"), None
+        loop.load_pipeline()
+        loop.setup()
+        torch.manual_seed(SEED)  # the CLI's set_seed, once
+        faces = 0
+        for image in loop.load_lq():
+            lq_array = loop.after_load_lq(image)
+            if loop.loop_ctx["is_face"]:
+                faces += 1
+            else:
+                torch.manual_seed(SEED)  # ComfyUI seeds the background's sampler itself (module docstring)
+            assert isinstance(loop.pipeline, pipelines.SwinIRPipeline)
+            samples = run_pipeline(loop.pipeline, lq_array, "v2.1", "edm_dpm++_3m_sde")
+            loop.save(list(samples), "", "")
+        out = np.asarray(Image.open(Path(tmp) / "out" / "lq_0.png").convert("RGB"))
+    return out[None], faces
+
+
+def meta_file(task: str) -> Path:
+    """The face cases have their own list (tests/test_end_to_end_faces.py), the others cases.json."""
+    return OUT / ("faces_cases.json" if task in ("face", "face_background") else "cases.json")
 
 
 def main():
-    from skimage import data
-
     official.activate("main")
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     top, left, h, w = LQ_BOX
-    lq = Image.fromarray(np.ascontiguousarray(data.astronaut()[top:top + h, left:left + w]))
     cldm = build_cldm()
     log("ControlLDM built")
-    meta = {"seed": SEED, "steps": STEPS, "official_commit": official.COMMITS["main"], "precision": "fp32",
-            "lq_size": [w, h], "cases": {}}
-    if (OUT / "cases.json").exists():  # cases not named on the command line are kept
-        meta["cases"] = json.loads((OUT / "cases.json").read_text())["cases"]
+    metas = {}
     for case in sys.argv[1:] or list(CASES):
         workflow, version, task, pipeline_name, cleaner_file, sampler, upscale = CASES[case]
-        options = OPTIONS.get(case, {})
-        out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq, **options)
+        path = meta_file(task)
+        if path not in metas:
+            metas[path] = {"seed": SEED, "steps": STEPS, "official_commit": official.COMMITS["main"],
+                           "precision": "fp32", "lq_size": [w, h], "cases": {}}
+            if path.exists():  # cases not named on the command line are kept
+                metas[path]["cases"] = json.loads(path.read_text())["cases"]
+        meta = metas[path]
+        options = dict(OPTIONS.get(case, {}))
+        lq = lq_image(options.pop("lq", "astronaut_123x77"))
+        extra = {}
+        if task == "face_background":
+            out, faces = run_wild_case(cldm, lq, upscale)
+            extra = {"faces": faces, "face_stage1": FACE_CLEANER, "confidence": WILD_CONFIDENCE, **WILD_SEEDS}
+        else:
+            out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq, **options)
+        if "lq" in OPTIONS.get(case, {}):
+            extra["lq_size"] = list(lq.size)
         lq.save(OUT / f"{case}_lq.png")
         if len(out) == 1:
             Image.fromarray(out[0]).save(OUT / f"{case}_official.png")
@@ -149,11 +283,11 @@ def main():
                 Image.fromarray(sample).save(OUT / f"{case}_official_{i}.png")
         meta["cases"][case] = {"workflow": workflow, "version": version, "task": task, "pipeline": pipeline_name,
                                "stage1": cleaner_file, "sampler": sampler, "upscale": upscale,
-                               "output_size": [out.shape[2], out.shape[1]], **options}
+                               "output_size": [out.shape[2], out.shape[1]], **options, **extra}
         if options.get("tiled"):
             meta["cases"][case].update(tile_size=TILE_SIZE, tile_stride=TILE_STRIDE)
         log(case, out.shape, out.dtype, int(out.min()), int(out.max()))
-        (OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
+        path.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -61,20 +61,37 @@ and SD 2.1 add the detail. For faces inside a larger photo use the *faces in the
 """
 
 
-def _diffbir_restore(prefix: str, image, preset: str, cleaner_output: int, upscale: float, seed: int) -> list:
-    """The DiffBIR chain on ``image`` with the preset loader's models; the last node is the result."""
+def _diffbir_restore(prefix: str, image, preset: str, cleaner_output: int, upscale: float, seed: int,
+                     version: str = "v2.1", stage1_preset: str = "auto") -> list:
+    """The DiffBIR chain on ``image`` with the preset loader's models and the official prompts, tokenisation
+    and sampler of ``version`` (as the general workflows); the last node is the result."""
+    if version == "v2.1":
+        schedule = [Node(f"{prefix}_sigmas", "DiffBIREDMSigmas", title=f"{prefix}: official EDM schedule",
+                         model=(preset, 0), steps=(preset, 6)),
+                    Node(f"{prefix}_solver", "DiffBIREDMSampler", title=f"{prefix}: official EDM sampler",
+                         solver="dpm++_3m_sde")]
+    else:
+        schedule = [Node(f"{prefix}_sigmas", "DiffBIRSpacedSigmas", title=f"{prefix}: official spaced schedule",
+                         model=(preset, 0), steps=(preset, 6)),
+                    Node(f"{prefix}_solver", "DiffBIRSpacedSampler", title=f"{prefix}: official spaced sampler")]
     return [
         Node(f"{prefix}_clean", "DiffBIRDegradationRemoval", title=f"{prefix}: degradation removal",
-             image=image, upscale_model=(preset, cleaner_output), upscale=upscale, clamp=False),
-        Node(f"{prefix}_pos", "CLIPTextEncode", title=f"{prefix}: positive", text=(preset, 8), clip=(preset, 1)),
-        Node(f"{prefix}_neg", "CLIPTextEncode", title=f"{prefix}: negative", text=(preset, 9), clip=(preset, 1)),
+             image=image, upscale_model=(preset, cleaner_output), upscale=upscale, clamp=False,
+             **({"preset": stage1_preset} if stage1_preset != "auto" else {})),
+        Node(f"{prefix}_pos", "DiffBIRTextEncode", title=f"{prefix}: positive", text=(preset, 8), clip=(preset, 1)),
+        Node(f"{prefix}_neg", "DiffBIRTextEncode", title=f"{prefix}: negative", text=(preset, 9), clip=(preset, 1)),
         Node(f"{prefix}_control", "DiffBIRApplyIRControlNet", positive=(f"{prefix}_pos", 0),
              negative=(f"{prefix}_neg", 0), ircontrolnet=(preset, 3), vae=(preset, 2), image=(f"{prefix}_clean", 0)),
-        Node(f"{prefix}_sample", "KSampler", model=(preset, 0), positive=(f"{prefix}_control", 0),
-             negative=(f"{prefix}_control", 1), latent_image=(f"{prefix}_control", 2), seed=seed,
-             steps=(preset, 6), cfg=(preset, 7), sampler_name="dpmpp_3m_sde", scheduler="karras", denoise=1.0),
+        *schedule,
+        Node(f"{prefix}_noise", "RandomNoise", noise_seed=seed),
+        Node(f"{prefix}_guider", "CFGGuider", model=(preset, 0), positive=(f"{prefix}_control", 0),
+             negative=(f"{prefix}_control", 1), cfg=(preset, 7)),
+        Node(f"{prefix}_sample", "SamplerCustomAdvanced", noise=(f"{prefix}_noise", 0),
+             guider=(f"{prefix}_guider", 0), sampler=(f"{prefix}_solver", 0), sigmas=(f"{prefix}_sigmas", 0),
+             latent_image=(f"{prefix}_control", 2)),
         *official_finish(f"{prefix}_", (f"{prefix}_sample", 0), (preset, 2), (f"{prefix}_clean", 0),
-                         (f"{prefix}_clean", 1), (f"{prefix}_clean", 2)),
+                         (f"{prefix}_clean", 1), (f"{prefix}_clean", 2),
+                         resize="lanczos_uint8" if version.startswith("v1") else "bicubic_antialias"),
     ]
 
 
@@ -104,8 +121,9 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
              Node("detector", "DiffBIRFaceDetectorLoader", detector=detector,
                   models=[weights.workflow_model_entry(DETECTOR_FILES[detector])] if detector in DETECTOR_FILES
                   else None),
+             # official_quirks: the official helper's channel order and eye-distance reading (docs/faces.md)
              Node("detect", "DiffBIRFaceDetectAlign", image=("upscale", 0), detector=("detector", 0),
-                  face_size=face_size),
+                  face_size=face_size, order="detector score", official_quirks=True),
              Node("preview", "PreviewImage", title="detected faces (green: restored)", images=("detect", 2))]
     if chain == "diffbir":
         nodes.append(Node("preset", "DiffBIRPresetLoader", version="v2.1", task="unaligned_face"))
@@ -130,7 +148,7 @@ def faces_in_the_wild(chain: str = "diffbir", image: str = "example.png", detect
                           models=[weights.workflow_model_entry("parsenet")]))
         paste_options["face_parser"] = ("parser", 0)
     nodes += [Node("paste", "DiffBIRFacePasteBack", background=("background_resize", 0),
-                   restored_faces=("face_resize", 0), faces=("detect", 1), **paste_options),
+                   restored_faces=("face_resize", 0), faces=("detect", 1), official_quirks=True, **paste_options),
               Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_faces"),
               *_before_after(("load", 0), ("paste", 0)),
               Node("save_mask", "MaskToImage", mask=("paste", 1)),
@@ -152,21 +170,76 @@ def aligned_face(chain: str = "diffbir", image: str = "face.png", checkpoint: st
     return nodes
 
 
+V1_NOTE = """# DiffBIR v1: faces
+
+As the first DiffBIR release's face script (`inference_face.py`): the **v1 face** IRControlNet and face
+SwinIR restore the faces, 50 spaced DDPM steps, no prompt, cfg 1.
+
+- **aligned**: the face group alone (`--has_aligned`): connect an aligned 512x512 face to *face: degradation
+  removal* and save *face: resize*.
+- **in the wild** (this layout): faces are detected on the upscaled photo, restored as one batch, and pasted
+  onto the background restored by the **v1 general** model (`--bg_upsampler DiffBIR`); the result is
+  resized to input size x upscale with LANCZOS, as v1 does.
+
+v1 has no unaligned-face preset of its own: two preset loaders load the face and the general models
+(the SD checkpoint is shared). Differences from the v1 script: the faces are detected on the upscaled
+photo rather than on its padded 512 px working copy (the same when the upscaled short side is 512 or more),
+and each sampler is seeded on its own (the script's background continues the faces' random stream).
+"""
+
+
+def v1_faces(chain: str = "diffbir", image: str = "example.png", aligned: bool = False, upscale: float = 2.0) -> list:
+    """The v1 release's face script: aligned faces, or faces in the wild with the DiffBIR background."""
+    if chain != "diffbir":
+        raise ValueError("the v1 face workflow has only the DiffBIR chain")
+    nodes = [note("readme", V1_NOTE, title="Read me"),
+             Node("load", "LoadImage", title="aligned 512x512 face" if aligned else "low-quality image", image=image),
+             Node("preset", "DiffBIRPresetLoader", title="v1 face models", version="v1 release", task="face")]
+    if aligned:
+        nodes += _diffbir_restore("face", ("load", 0), "preset", 4, 1.0, seed=231, version="v1",
+                                  stage1_preset="v1 release face")
+        nodes.append(Node("save", "SaveImage", images=("face_resize", 0), filename_prefix="diffbir_v1_face"))
+        return nodes
+    nodes += [
+        Node("background_preset", "DiffBIRPresetLoader", title="v1 general models (background)",
+             version="v1 release", task="sr"),
+        Node("detector", "DiffBIRFaceDetectorLoader", detector="retinaface_resnet50",
+             models=[weights.workflow_model_entry("retinaface_resnet50")]),
+        Node("upscale", "DiffBIRResizeToOutputSize", title="upscale (as the v1 script before detection)",
+             image=("load", 0), width=("background_clean", 1), height=("background_clean", 2), method="bicubic_uint8"),
+        Node("detect", "DiffBIRFaceDetectAlign", image=("upscale", 0), detector=("detector", 0), face_size=512,
+             order="detector score", official_quirks=True),
+        Node("preview", "PreviewImage", title="detected faces (green: restored)", images=("detect", 2)),
+        *_diffbir_restore("face", ("detect", 0), "preset", 4, 1.0, seed=231, version="v1",
+                          stage1_preset="v1 release face"),
+        *_diffbir_restore("background", ("load", 0), "background_preset", 4, upscale, seed=231, version="v1",
+                          stage1_preset="v1 release sr"),
+        Node("parser", "DiffBIRFaceParserLoader", models=[weights.workflow_model_entry("parsenet")]),
+        Node("paste", "DiffBIRFacePasteBack", background=("background_resize", 0), restored_faces=("face_resize", 0),
+             faces=("detect", 1), face_parser=("parser", 0), official_quirks=True),
+        Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_v1_faces"),
+    ]
+    return nodes
+
+
 WORKFLOWS = {
     "DiffBIR faces in the wild (v2.1)": faces_in_the_wild,
     "DiffBIR aligned face (v2.1)": aligned_face,
+    "DiffBIR v1 faces in the wild": v1_faces,
 }
 
 # group title: node keys (both chains), one column each, in the order the workflow runs (the background
 # first: its degradation removal gives the size the faces are found at); a workflow's groups are numbered
 STAGES = {
-    "input and models": ["readme", "load", "preset", "ckpt", "detector", "parser"],
+    "input and models": ["readme", "load", "preset", "background_preset", "ckpt", "detector", "parser"],
     "background: restore": ["background_clean", "background_pos", "background_neg", "background_control",
+                            "background_sigmas", "background_solver", "background_noise", "background_guider",
                             "background_sample"],
     "background: decode and colour fix": ["background_decode", "background_crop", "background_colour",
                                           "background_resize"],
     "find faces": ["upscale", "detect", "preview"],
-    "faces: restore": ["face_clean", "face_encode", "face_pos", "face_neg", "face_control", "face_sample"],
+    "faces: restore": ["face_clean", "face_encode", "face_pos", "face_neg", "face_control", "face_sigmas",
+                       "face_solver", "face_noise", "face_guider", "face_sample"],
     "faces: decode and colour fix": ["face_decode", "face_crop", "face_colour", "face_resize"],
     "result": ["paste", "save", "compare", "preview_compare", "save_mask", "mask_preview"],
 }
@@ -186,6 +259,11 @@ def workflows(info: dict, chain: str = "diffbir") -> dict:
         nodes = describe(chain)
         workflow = build(nodes, info, stages=_stages(nodes))
         weights.stamp_workflow_models(workflow)  # the preset loader's files, for the web UI
+        # the web UI offers a node's files only when its widgets name them: list the face models (their
+        # loaders name a detector, not a file) with the workflow's own, as the unaligned_face preset does
+        listed = workflow.setdefault("models", [])
+        listed += [m for node in workflow["nodes"] for m in node.get("properties", {}).get("models", [])
+                   if m not in listed]
         out[title] = workflow
     return out
 

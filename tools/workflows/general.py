@@ -112,10 +112,12 @@ def chain(version: str, task: str, upscale: float, sampler: str = "official", lo
     return nodes
 
 
-def official_finish(prefix: str, samples, vae, stage1, width, height, decode_title: str | None = None) -> list:
+def official_finish(prefix: str, samples, vae, stage1, width, height, decode_title: str | None = None,
+                    resize: str = "bicubic_antialias") -> list:
     """Decode -> crop -> colour fix -> resize to the requested size, as the official code ends: the decode
     and colour fix leave the values unclipped (the official code clips only the final image), the resize
-    clips. The last node's key is ``<prefix>resize``."""
+    clips (``resize``: bicubic_antialias as v2 / v2.1, lanczos_uint8 as the v1 release). The last node's key
+    is ``<prefix>resize``."""
     return [
         Node(f"{prefix}decode", "DiffBIRVAEDecodeTiled", title=decode_title or "VAE decode (official: unclipped)",
              samples=samples, vae=vae, clamp=False),
@@ -123,7 +125,7 @@ def official_finish(prefix: str, samples, vae, stage1, width, height, decode_tit
         Node(f"{prefix}colour", "DiffBIRColorFix", title="colour fix (official: wavelet, unclipped)",
              image=(f"{prefix}crop", 0), reference=stage1, method="wavelet", clamp=False),
         Node(f"{prefix}resize", "DiffBIRResizeToOutputSize", title="resize to input size x upscale (official)",
-             image=(f"{prefix}colour", 0), width=width, height=height, method="bicubic_antialias"),
+             image=(f"{prefix}colour", 0), width=width, height=height, method=resize),
     ]
 
 
