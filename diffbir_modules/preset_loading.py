@@ -57,9 +57,9 @@ def load_preset(version: str, task: str, allow_download: bool = True) -> LoadedP
     """Every model of a version + task."""
     p = presets.preset_for(version, task)
     paths = downloads.ensure(p.files(), allow_download=allow_download)
-    model, clip, vae = load_checkpoint(paths[p.checkpoint], p.version)
+    model, clip, vae = load_checkpoint(paths[p.checkpoint], p.model_version)
     cleaner = stage1.load_cleaner(paths[p.cleaner])
     background = stage1.load_cleaner(paths[p.background_cleaner]) if p.background_cleaner else cleaner
     # the release is known here, so it is passed on (the loader's "auto" cannot tell the releases apart)
-    control = ircontrolnet.load_ircontrolnet(paths[p.ircontrolnet], version=p.version)
+    control = ircontrolnet.load_ircontrolnet(paths[p.ircontrolnet], version=p.model_version)
     return LoadedPreset(p, paths, model, clip, vae, control, cleaner, background)

@@ -71,8 +71,14 @@ class Preset:
     face_files: tuple[str, ...] = ()  # unaligned_face: detector and parser
 
     @property
+    def model_version(self) -> str:
+        """The model generation (schedule, IRControlNet, prompts): the v1 release runs v1's models with
+        its own stage-1 rules."""
+        return "v1" if self.version == "v1 release" else self.version
+
+    @property
     def defaults(self) -> VersionDefaults:
-        return VERSION_DEFAULTS["v1" if self.version == "v1 release" else self.version]
+        return VERSION_DEFAULTS[self.model_version]
 
     # the per-version values, as attributes of the row
     checkpoint = property(lambda self: self.defaults.checkpoint)
