@@ -33,6 +33,7 @@ V2_NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textur
 # The model generations (what the preset loader and the prompt node offer) and the stage-1 variants.
 VERSIONS = ("v1", "v2", "v2.1")
 STAGE1_VERSIONS = ("v2.1", "v2", "v1", "v1 release")
+PRESET_VERSIONS = ("v1", "v2", "v2.1", "v1 release")  # the v1 release: v1 models, its own stage-1 rules
 TASKS = ("sr", "face", "denoise", "unaligned_face")
 STAGE1_TASKS = ("sr", "face", "denoise")
 

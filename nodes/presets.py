@@ -31,10 +31,11 @@ class DiffBIRPresetLoader(io.ComfyNode):
                 "downloads are off, in which case the error lists each file, its URL and its folder. The same "
                 "loaders as the hand-wired nodes are used, so the outputs work with any ComfyUI node."),
             inputs=[
-                io.Combo.Input("version", options=list(presets.VERSIONS), default="v2.1", tooltip=(
+                io.Combo.Input("version", options=list(presets.PRESET_VERSIONS), default="v2.1", tooltip=(
                     "v2.1: newest weights, v-prediction zero-SNR SD 2.1, sharpest and most generative, few steps. "
                     "v2: the ECCV paper model on plain SD 2.1. v1: the first release; more faithful to the input, "
-                    "less detail.")),
+                    "less detail. 'v1 release': v1's models with the v1 release's own stage-1 size rules "
+                    "(its inference.py / inference_face.py).")),
                 io.Combo.Input("task", options=list(presets.TASKS), default="sr", tooltip=_task_help()),
                 io.Boolean.Input("download_missing", default=True, tooltip=(
                     "Download files that are not in the model folders (several GB for the SD checkpoint). Off, or "
