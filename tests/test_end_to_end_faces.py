@@ -10,6 +10,7 @@ maker explains the value). As in tests/test_end_to_end_parity.py the server runs
 ``--fp32-text-enc`` and fp32 weights, the official reference being its ``--precision fp32`` run."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,9 @@ def case_param(case_id: str):
     marks = [pytest.mark.once]
     if case_id in KNOWN:
         marks.append(pytest.mark.xfail(reason=KNOWN[case_id], strict=True))
+        # a known difference costs CI minutes without telling anything new: run it on demand
+        marks.append(pytest.mark.skipif(not os.environ.get("DIFFBIR_SLOW_TESTS"), reason=(
+            "known open difference (several minutes on 2 CPU cores); set DIFFBIR_SLOW_TESTS=1 to run it")))
     return pytest.param(case_id, marks=marks)
 
 
