@@ -1,6 +1,7 @@
 """Shipped workflows with one official option changed, end to end against the official entry point:
-restoration guidance through the shipped sweep workflow against official v2.0 (goldens
-tests/golden/end_to_end/guidance_*, made by tools/goldens/make_end_to_end_guidance.py).
+restoration guidance through the shipped sweep workflow against official v2.0, and official sampler
+families in place of the v2.1 workflow's own (goldens tests/golden/end_to_end/guidance_* and
+samplers_*, made by tools/goldens/make_end_to_end_guidance.py and make_end_to_end_samplers.py).
 
 As in test_end_to_end_parity.py, the SHIPPED workflow JSON is loaded and driven through a headless
 server (fp32 text encoder, fp32 checkpoint); the test edits a loaded copy only where the official
@@ -11,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_end_to_end_parity import GOLDEN, MAX_LEVELS, MAX_SHARE_OFF, REPO, fp32_server
+from test_end_to_end_parity import CASES, GOLDEN, MAX_LEVELS, MAX_SHARE_OFF, REPO, fp32_server, shipped_prompt
 
 from scripts import comfy_headless
 
@@ -83,3 +84,49 @@ def test_guidance_sweep_matches_official_v20(fp32_server):
         assert official.shape[:2][::-1] == tuple(GUIDANCE["output_size"])
         compare(ours, official, f"guidance scale {scale}")
 
+
+SAMPLERS = json.loads((GOLDEN / "samplers_cases.json").read_text())
+# The shipped v2.1 workflow samples with DiffBIR EDM Sigmas + DiffBIR EDM Sampler (dpm++_3m_sde);
+# official --sampler -> (sigmas node, sampler node, sampler inputs) in their place.
+SWAPS = {
+    "ddim": ("DiffBIRDDIMSigmas", "DiffBIRDDIMSampler", {}),
+    "dpm++_m2": ("DiffBIRDPMSolverSigmas", "DiffBIRDPMSolverSampler", {}),
+}
+
+
+def swap_sampler(prompt: dict, sampler: str, rescale_cfg: bool) -> None:
+    """The loaded v2.1 workflow set to the official ``--sampler`` (and ``--rescale_cfg``)."""
+    [sigmas_id] = [k for k, n in prompt.items() if n["class_type"] == "DiffBIREDMSigmas"]
+    [sampler_id] = [k for k, n in prompt.items() if n["class_type"] == "DiffBIREDMSampler"]
+    if sampler in SWAPS:
+        sigmas_kind, sampler_kind, sampler_inputs = SWAPS[sampler]
+        model, steps = prompt[sigmas_id]["inputs"]["model"], prompt[sigmas_id]["inputs"]["steps"]
+        prompt[sigmas_id] = {"class_type": sigmas_kind, "inputs": {"model": model, "steps": steps}}
+        prompt[sampler_id] = {"class_type": sampler_kind, "inputs": dict(sampler_inputs)}
+    else:  # edm_<solver>: the same nodes, another solver
+        assert sampler.startswith("edm_")
+        prompt[sampler_id]["inputs"]["solver"] = sampler.removeprefix("edm_")
+    if rescale_cfg:  # DiffBIR Rescale CFG right after DiffBIR Model Sampling, read by everything after it
+        [sampling_id] = [k for k, n in prompt.items() if n["class_type"] == "DiffBIRModelSampling"]
+        for node in prompt.values():
+            for name, value in node["inputs"].items():
+                if value == [sampling_id, 0]:
+                    node["inputs"][name] = ["e2e_rescale", 0]
+        prompt["e2e_rescale"] = {"class_type": "DiffBIRRescaleCFG", "inputs": {"model": [sampling_id, 0]}}
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("case_id", sorted(SAMPLERS["cases"]))
+def test_sampler_family_matches_official(fp32_server, case_id):
+    case = SAMPLERS["cases"][case_id]
+    base = CASES["cases"][SAMPLERS["base_case"]]  # the plain case: its image, workflow and settings
+    assert (base["workflow"], base["stage1"], CASES["steps"]) == (SAMPLERS["workflow"], SAMPLERS["stage1"],
+                                                                  SAMPLERS["steps"])
+    prompt, save_id = shipped_prompt(fp32_server, SAMPLERS["base_case"], base)
+    swap_sampler(prompt, case["sampler"], case["rescale_cfg"])
+    entry = fp32_server.run(prompt, timeout=1800)
+    [path] = fp32_server.output_images(entry, save_id)
+    ours = np.asarray(Image.open(path).convert("RGB"))
+    official = np.asarray(Image.open(GOLDEN / case["official"]).convert("RGB"))
+    assert official.shape[:2][::-1] == tuple(SAMPLERS["output_size"])
+    compare(ours, official, f"{case['sampler']}{' --rescale_cfg' if case['rescale_cfg'] else ''}")
