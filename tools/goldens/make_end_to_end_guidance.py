@@ -1,0 +1,112 @@
+"""End-to-end golden fixtures of restoration guidance (tests/golden/end_to_end/guidance_*): the official
+DiffBIR v2.0 pipeline (tag v2.0.0, commit 3464638: the last release with ``--guidance``) run whole,
+from the 8-bit low-quality image to the 8-bit result, on the test models' random weights, once per
+guidance scale of the shipped sweep workflow (``DiffBIR v2 restoration guidance sweep``).
+
+Run with the golden environment (tools/goldens/setup.sh), after the test models exist (see
+make_end_to_end.py), from the repository root:
+
+    .venv-official/bin/python -m tools.goldens.make_end_to_end_guidance
+
+What the official v2.0 ``inference.py --version v2 --task sr --upscale 4`` does for one image
+(``BSRInferenceLoop``: no pre-resize; ``BSRNetPipeline.run``), in fp32, with
+``torch.manual_seed(SEED)`` right before ``Pipeline.run`` (as make_end_to_end.py), the v2.0 default
+prompts and cfg 4, 4 spaced steps, per scale ``s``:
+- ``s > 0``: ``--guidance --g_loss mse --g_space latent --g_scale s`` (g_start 1001, g_stop -1,
+  g_repeat 1: the defaults). The sweep's default loss ``w_mse`` in latent space crashes in the
+  official code (a 4-channel latent times a 3-channel kernel), so ``mse`` is the latent-space loss
+  the official entry point can run;
+- (scale 0 is not made here: the pack's scale 0 returns the model unpatched, i.e. make_end_to_end.py's
+  unguided ``v2_bsrnet_sr_x4``; the official ``--guidance --g_scale 0`` would still draw posterior
+  samples and so change the noise.)
+
+Writes ``guidance_lq.png``, ``guidance_official_<scale>.png`` and ``guidance_cases.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from devkit import model_factory
+from diffbir_modules import prompts
+from tools.goldens import official
+from tools.goldens.make_end_to_end import LQ_BOX, OUT, SEED, STEPS, UNET
+
+# Scales of the sweep's list (0, 0.05, 0.1, 0.2, 0.5) to run officially: its default 0.1 (each guided
+# official run takes 10 to 20 min on a shared 2-core CPU). Scale 0 is the unguided v2 BSRNet case of
+# make_end_to_end.py.
+SCALES = (0.1,)
+LOSS, SPACE = "mse", "latent"
+CLEANER = "BSRNet.pth"
+UPSCALE = 4.0
+
+
+def log(*args):
+    print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
+
+
+def build_cldm():
+    from model.cldm import ControlLDM
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    config = OmegaConf.to_container(OmegaConf.load(official.source("v20") / "configs/inference/cldm.yaml"))
+    params = config["params"]
+    params["unet_cfg"] = dict(UNET, out_channels=4)
+    params["controlnet_cfg"] = dict(UNET, hint_channels=4)
+    cldm = ControlLDM(**params)
+    cldm.load_pretrained_sd(load_file(str(model_factory.sd2_checkpoint("small", dtype=torch.float32))))
+    controlnet = torch.load(model_factory.ircontrolnet_file("small"), map_location="cpu", weights_only=True)
+    cldm.load_controlnet_from_ckpt(controlnet)
+    return cldm.eval()
+
+
+def build_bsrnet():
+    from model.bsrnet import RRDBNet
+
+    net = RRDBNet(**model_factory.STAGE1_CONFIGS["bsrnet"]["small"])
+    net.load_state_dict(torch.load(model_factory.stage1_file(CLEANER), map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def main():
+    official.activate("v20")  # the v2.0 tree's top-level packages (model, utils) import from here on
+    from omegaconf import OmegaConf
+    from skimage import data
+    from utils.common import instantiate_from_config
+    from utils.cond_fn import MSEGuidance
+    from utils.helpers import BSRNetPipeline
+
+    torch.set_num_threads(2)
+    top, left, h, w = LQ_BOX
+    lq = Image.fromarray(np.ascontiguousarray(data.astronaut()[top:top + h, left:left + w]))
+    cldm, bsrnet = build_cldm(), build_bsrnet()
+    diffusion = instantiate_from_config(OmegaConf.load(official.source("v20") / "configs/inference/diffusion.yaml"))
+    positive, negative, cfg, _, _ = prompts.DEFAULTS["v2"]
+    log("models built")
+    lq.save(OUT / "guidance_lq.png")
+    outputs = {}
+    for scale in SCALES:
+        cond_fn = MSEGuidance(scale=scale, t_start=1001, t_stop=-1, space=SPACE, repeat=1) if scale else None
+        pipe = BSRNetPipeline(bsrnet, cldm, diffusion, cond_fn, "cpu", UPSCALE)
+        torch.manual_seed(SEED)
+        with torch.no_grad():
+            out = pipe.run(np.asarray(lq)[None], STEPS, 1.0, False, 512, 256, positive, negative, cfg, False)
+        name = f"guidance_official_{scale:g}.png"
+        Image.fromarray(out[0]).save(OUT / name)
+        outputs[f"{scale:g}"] = name
+        log(scale, out.shape, int(out.min()), int(out.max()))
+    meta = {"workflow": "DiffBIR v2 restoration guidance sweep", "official_commit": official.COMMITS["v20"],
+            "precision": "fp32", "seed": SEED, "steps": STEPS, "lq_size": [w, h], "upscale": UPSCALE,
+            "stage1": CLEANER, "loss": LOSS, "space": SPACE, "official": outputs,
+            "output_size": [int(w * UPSCALE), int(h * UPSCALE)]}
+    (OUT / "guidance_cases.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
