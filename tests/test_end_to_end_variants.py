@@ -8,6 +8,7 @@ server (fp32 text encoder, fp32 checkpoint); the test edits a loaded copy only w
 option differs from the shipped default, and says why next to each edit."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -116,6 +117,10 @@ def swap_sampler(prompt: dict, sampler: str, rescale_cfg: bool) -> None:
 
 
 @pytest.mark.once
+# Each family is also compared stage by stage on every CI run (tests/test_samplers_parity.py, latent
+# <= 2.6e-6 relative); these whole-workflow runs take minutes each on 2 CPU cores: on demand.
+@pytest.mark.skipif(not os.environ.get("DIFFBIR_SLOW_TESTS"), reason=(
+    "whole-workflow run per sampler family (minutes each on 2 CPU cores); set DIFFBIR_SLOW_TESTS=1"))
 @pytest.mark.parametrize("case_id", sorted(SAMPLERS["cases"]))
 def test_sampler_family_matches_official(fp32_server, case_id):
     case = SAMPLERS["cases"][case_id]
