@@ -198,7 +198,8 @@ def v1_faces(chain: str = "diffbir", image: str = "example.png", aligned: bool =
     if aligned:
         nodes += _diffbir_restore("face", ("load", 0), "preset", 4, 1.0, seed=231, version="v1",
                                   stage1_preset="v1 release face")
-        nodes.append(Node("save", "SaveImage", images=("face_resize", 0), filename_prefix="diffbir_v1_face"))
+        nodes += [Node("save", "SaveImage", images=("face_resize", 0), filename_prefix="diffbir_v1_face"),
+                  *_before_after(("load", 0), ("face_resize", 0))]
         return nodes
     nodes += [
         Node("background_preset", "DiffBIRPresetLoader", title="v1 general models (background)",
@@ -218,6 +219,7 @@ def v1_faces(chain: str = "diffbir", image: str = "example.png", aligned: bool =
         Node("paste", "DiffBIRFacePasteBack", background=("background_resize", 0), restored_faces=("face_resize", 0),
              faces=("detect", 1), face_parser=("parser", 0), official_quirks=True),
         Node("save", "SaveImage", images=("paste", 0), filename_prefix="diffbir_v1_faces"),
+        *_before_after(("load", 0), ("paste", 0)),
     ]
     return nodes
 
