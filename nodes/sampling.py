@@ -41,9 +41,10 @@ class DiffBIRModelSampling(io.ComfyNode):
                                default="fastest_exact", optional=True, tooltip=(
                                    "fastest_exact: where ComfyUI's attention is its slow CPU default (split or "
                                    "sub-quadratic), the UNet runs torch's fused scaled-dot-product attention "
-                                   "instead, as the official DiffBIR code does (same maths; about 30% less time per "
-                                   "CPU step). A faster kernel you chose (xformers, flash, sage, "
-                                   "--use-pytorch-cross-attention) is kept. comfyui: leave ComfyUI's choice alone.")),
+                                   "instead, as the official DiffBIR code does (same maths; the UNet took about a "
+                                   "quarter less CPU time at 512 px). A faster kernel you chose (xformers, flash, "
+                                   "sage, --use-pytorch-cross-attention) is kept. comfyui: leave ComfyUI's choice "
+                                   "alone.")),
             ],
             outputs=[io.Model.Output(tooltip=(
                 "The same model with DiffBIR's schedule and prediction type (and the attention kernel chosen "

@@ -321,6 +321,9 @@ def pack_child(spec: dict) -> dict:
 
 # --- the driver -----------------------------------------------------------------------------------------
 
+MODEL_FILES = ("checkpoint", "ircontrolnet", "stage1")  # the spec's keys that hold a weights file's path
+
+
 def build_models(variant: str) -> dict:
     """Builds (once, cached) the random-weight files in the published layouts with the test venv."""
     code = ("import json, torch; from devkit import model_factory as m; "
@@ -430,8 +433,9 @@ def main(argv=None) -> int:
             " ".join(argv if argv is not None else sys.argv[1:]), "load_average": os.getloadavg()}
     summary = report(results, spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "spec": {k: v for k, v in spec.items() if k != "scratch"},
-                                    "summary": summary, "results": results}, indent=1))
+    # the report names the model files, not where this machine keeps them
+    shown = {k: Path(v).name if k in MODEL_FILES else v for k, v in spec.items() if k != "scratch"}
+    args.out.write_text(json.dumps({"meta": meta, "spec": shown, "summary": summary, "results": results}, indent=1))
     print(markdown(summary, meta))
     return 0
 

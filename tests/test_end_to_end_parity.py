@@ -44,6 +44,15 @@ MAX_LEVELS = 1
 MAX_SHARE_OFF = 0.005
 
 
+def compare(ours: np.ndarray, official: np.ndarray, what: str) -> None:
+    """Our final uint8 image(s) against the official within MAX_LEVELS / MAX_SHARE_OFF; prints the figures."""
+    assert ours.shape == official.shape, f"{what}: size {ours.shape}, official {official.shape}"
+    diff = np.abs(ours.astype(np.int16) - official.astype(np.int16))
+    print(f"{what}: max {diff.max()} mean {diff.mean():.4f} levels, {(diff > 0).mean() * 100:.3f}% differ")
+    assert diff.max() <= MAX_LEVELS, f"{what}: max {diff.max()} mean {diff.mean():.3f} uint8 levels off the official"
+    assert (diff > 0).mean() <= MAX_SHARE_OFF, f"{what}: {(diff > 0).mean() * 100:.2f}% of values off the official"
+
+
 @pytest.fixture(scope="module")
 def fp32_server():
     install_model("checkpoints", model_factory.sd2_checkpoint("small", dtype=torch.float32), CHECKPOINT)
@@ -114,9 +123,4 @@ def test_shipped_workflow_matches_official(fp32_server, case_id):
     official = np.stack([np.asarray(Image.open(GOLDEN / name).convert("RGB")) for name in names]).astype(np.int16)
     lq_w, lq_h = CASES["lq_size"]
     assert official.shape[1:3] == (int(lq_h * case["upscale"]), int(lq_w * case["upscale"]))
-    assert ours.shape == official.shape, f"size {ours.shape[2]}x{ours.shape[1]}, official {official.shape[2]}x" \
-                                         f"{official.shape[1]}"
-    diff = np.abs(ours - official)
-    print(f"{case_id}: max {diff.max()} mean {diff.mean():.4f} levels, {(diff > 0).mean() * 100:.3f}% differ")
-    assert diff.max() <= MAX_LEVELS, f"max {diff.max()} mean {diff.mean():.3f} uint8 levels off the official result"
-    assert (diff > 0).mean() <= MAX_SHARE_OFF, f"{(diff > 0).mean() * 100:.2f}% of values off the official result"
+    compare(ours, official, case_id)

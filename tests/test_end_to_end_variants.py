@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from test_end_to_end_parity import CASES, GOLDEN, MAX_LEVELS, MAX_SHARE_OFF, REPO, fp32_server, shipped_prompt
+from test_end_to_end_parity import CASES, GOLDEN, REPO, compare, fp32_server, shipped_prompt
 
 from scripts import comfy_headless
 
@@ -21,15 +21,6 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 __all__ = ["fp32_server"]  # the shared server fixture, used by name
 GUIDANCE = json.loads((GOLDEN / "guidance_cases.json").read_text())
-
-
-def compare(ours: np.ndarray, official: np.ndarray, what: str) -> None:
-    """MAX_LEVELS / MAX_SHARE_OFF of test_end_to_end_parity.py (their derivation is written there)."""
-    assert ours.shape == official.shape, f"{what}: size {ours.shape}, official {official.shape}"
-    diff = np.abs(ours.astype(np.int16) - official.astype(np.int16))
-    print(f"{what}: max {diff.max()} mean {diff.mean():.4f} levels, {(diff > 0).mean() * 100:.3f}% differ")
-    assert diff.max() <= MAX_LEVELS, f"{what}: max {diff.max()} mean {diff.mean():.3f} uint8 levels off the official"
-    assert (diff > 0).mean() <= MAX_SHARE_OFF, f"{what}: {(diff > 0).mean() * 100:.2f}% of values off the official"
 
 
 def guidance_sweep_prompt(server) -> tuple[dict, str, list[float]]:

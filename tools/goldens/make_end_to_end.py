@@ -119,20 +119,25 @@ def log(*args):
     print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
 
 
-def build_cldm():
-    from diffbir.model import ControlLDM
+def build_cldm(tree: str = "main"):
+    """The official ControlLDM of the source tree ``tree`` ("main": v2.1 code; "v20": the v2.0.0 code,
+    activated by the caller) on the small random checkpoint and IRControlNet."""
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
-    config = OmegaConf.to_container(OmegaConf.load(official.source("main") / "configs/inference/cldm.yaml"))
+    if tree == "main":
+        from diffbir.model import ControlLDM
+    else:
+        from model.cldm import ControlLDM
+    config = OmegaConf.to_container(OmegaConf.load(official.source(tree) / "configs/inference/cldm.yaml"))
     params = config["params"]
     params["unet_cfg"] = dict(UNET, out_channels=4)
     params["controlnet_cfg"] = dict(UNET, hint_channels=4)
     cldm = ControlLDM(**params)
     sd = load_file(str(model_factory.sd2_checkpoint("small", dtype=torch.float32)))
-    _, missing = cldm.load_pretrained_sd(sd)
-    if missing:
-        raise RuntimeError(f"the small checkpoint lacks {sorted(missing)[:5]}")
+    loaded = cldm.load_pretrained_sd(sd)
+    if tree == "main" and loaded[1]:  # (unused, missing); the v2.0 code raises on a missing key itself
+        raise RuntimeError(f"the small checkpoint lacks {sorted(loaded[1])[:5]}")
     controlnet = torch.load(model_factory.ircontrolnet_file("small"), map_location="cpu", weights_only=True)
     cldm.load_controlnet_from_ckpt(controlnet)
     return cldm.eval()

@@ -26,7 +26,6 @@ Writes ``guidance_lq.png``, ``guidance_official_<scale>.png`` and ``guidance_cas
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from PIL import Image
 from devkit import model_factory
 from diffbir_modules import prompts
 from tools.goldens import official
-from tools.goldens.make_end_to_end import LQ_BOX, OUT, SEED, STEPS, UNET
+from tools.goldens.make_end_to_end import LQ_BOX, OUT, SEED, STEPS, build_cldm, log
 
 # Scales of the sweep's list (0, 0.05, 0.1, 0.2, 0.5) to run officially: its default 0.1 (each guided
 # official run takes 10 to 20 min on a shared 2-core CPU). Scale 0 is the unguided v2 BSRNet case of
@@ -44,26 +43,6 @@ SCALES = (0.1,)
 LOSS, SPACE = "mse", "latent"
 CLEANER = "BSRNet.pth"
 UPSCALE = 4.0
-
-
-def log(*args):
-    print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
-
-
-def build_cldm():
-    from model.cldm import ControlLDM
-    from omegaconf import OmegaConf
-    from safetensors.torch import load_file
-
-    config = OmegaConf.to_container(OmegaConf.load(official.source("v20") / "configs/inference/cldm.yaml"))
-    params = config["params"]
-    params["unet_cfg"] = dict(UNET, out_channels=4)
-    params["controlnet_cfg"] = dict(UNET, hint_channels=4)
-    cldm = ControlLDM(**params)
-    cldm.load_pretrained_sd(load_file(str(model_factory.sd2_checkpoint("small", dtype=torch.float32))))
-    controlnet = torch.load(model_factory.ircontrolnet_file("small"), map_location="cpu", weights_only=True)
-    cldm.load_controlnet_from_ckpt(controlnet)
-    return cldm.eval()
 
 
 def build_bsrnet():
@@ -85,7 +64,7 @@ def main():
     torch.set_num_threads(2)
     top, left, h, w = LQ_BOX
     lq = Image.fromarray(np.ascontiguousarray(data.astronaut()[top:top + h, left:left + w]))
-    cldm, bsrnet = build_cldm(), build_bsrnet()
+    cldm, bsrnet = build_cldm("v20"), build_bsrnet()
     diffusion = instantiate_from_config(OmegaConf.load(official.source("v20") / "configs/inference/diffusion.yaml"))
     positive, negative, cfg, _, _ = prompts.DEFAULTS["v2"]
     log("models built")

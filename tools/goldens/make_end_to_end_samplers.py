@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from PIL import Image
 
 from diffbir_modules import prompts
 from tools.goldens import official
-from tools.goldens.make_end_to_end import LQ_BOX, OUT, SEED, STEPS, build_cldm, diffusion
+from tools.goldens.make_end_to_end import LQ_BOX, OUT, SEED, STEPS, build_cldm, diffusion, log
 from tools.goldens.make_stage1 import official_cleaner
 
 WORKFLOW = "DiffBIR v2.1 super-resolution (SwinIR)"
@@ -43,10 +42,6 @@ CASES = {
     "dpmpp_m2_rescale_cfg": ("dpm++_m2", True),
     "edm_euler": ("edm_euler", False),
 }
-
-
-def log(*args):
-    print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
 
 
 def run_case(cldm, cleaner, lq: Image.Image, sampler: str, rescale_cfg: bool) -> np.ndarray:
