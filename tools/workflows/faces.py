@@ -170,16 +170,13 @@ def aligned_face(chain: str = "diffbir", image: str = "face.png", checkpoint: st
     return nodes
 
 
-V1_NOTE = """# DiffBIR v1: faces
+V1_NOTE = """# DiffBIR v1: faces in the wild
 
-As the first DiffBIR release's face script (`inference_face.py`): the **v1 face** IRControlNet and face
-SwinIR restore the faces, 50 spaced DDPM steps, no prompt, cfg 1.
-
-- **aligned**: the face group alone (`--has_aligned`): connect an aligned 512x512 face to *face: degradation
-  removal* and save *face: resize*.
-- **in the wild** (this layout): faces are detected on the upscaled photo, restored as one batch, and pasted
-  onto the background restored by the **v1 general** model (`--bg_upsampler DiffBIR`); the result is
-  resized to input size x upscale with LANCZOS, as v1 does.
+As the first DiffBIR release's face script (`inference_face.py`, `--bg_upsampler DiffBIR`): faces are
+detected on the upscaled photo, restored as one batch by the **v1 face** IRControlNet and face SwinIR
+(50 spaced DDPM steps, no prompt, cfg 1), and pasted onto the background restored by the **v1 general**
+model; the result is resized to input size x upscale with LANCZOS, as v1 does. For a face that is
+already aligned use the *DiffBIR v1 aligned face* workflow.
 
 v1 has no unaligned-face preset of its own: two preset loaders load the face and the general models
 (the SD checkpoint is shared). Differences from the v1 script: the faces are detected on the upscaled
@@ -187,12 +184,20 @@ photo rather than on its padded 512 px working copy (the same when the upscaled 
 and each sampler is seeded on its own (the script's background continues the faces' random stream).
 """
 
+V1_ALIGNED_NOTE = """# DiffBIR v1: an aligned face
+
+As the first DiffBIR release's face script with `--has_aligned --sr_scale 1` (`inference_face.py`): a face
+already cropped and aligned like FFHQ (512x512) goes through the **v1 face** SwinIR and IRControlNet (50
+spaced DDPM steps, no prompt, cfg 1) and the wavelet colour fix. For faces inside a larger photo use the
+*DiffBIR v1 faces in the wild* workflow.
+"""
+
 
 def v1_faces(chain: str = "diffbir", image: str = "example.png", aligned: bool = False, upscale: float = 2.0) -> list:
     """The v1 release's face script: aligned faces, or faces in the wild with the DiffBIR background."""
     if chain != "diffbir":
         raise ValueError("the v1 face workflow has only the DiffBIR chain")
-    nodes = [note("readme", V1_NOTE, title="Read me"),
+    nodes = [note("readme", V1_ALIGNED_NOTE if aligned else V1_NOTE, title="Read me"),
              Node("load", "LoadImage", title="aligned 512x512 face" if aligned else "low-quality image", image=image),
              Node("preset", "DiffBIRPresetLoader", title="v1 face models", version="v1 release", task="face")]
     if aligned:
@@ -224,10 +229,16 @@ def v1_faces(chain: str = "diffbir", image: str = "example.png", aligned: bool =
     return nodes
 
 
+def v1_aligned_face(chain: str = "diffbir") -> list:
+    """The v1 release's face script with ``--has_aligned``."""
+    return v1_faces(chain, image="face.png", aligned=True, upscale=1.0)
+
+
 WORKFLOWS = {
     "DiffBIR faces in the wild (v2.1)": faces_in_the_wild,
     "DiffBIR aligned face (v2.1)": aligned_face,
     "DiffBIR v1 faces in the wild": v1_faces,
+    "DiffBIR v1 aligned face": v1_aligned_face,
 }
 
 # group title: node keys (both chains), one column each, in the order the workflow runs (the background
