@@ -19,6 +19,10 @@ Deliberate differences, each with a switch for the official behaviour (``officia
   trained with.
 - DiffBIR's eye distance reads the wrong landmark entries (an index slip in its fork:
   |(left_eye_y - right_eye_y, right_eye_x - nose_x)|). Ours: the distance between the two eyes.
+- DiffBIR aligns and pastes 8-bit arrays: cv2.warpAffine rounds the aligned crop to uint8; the restored
+  face and background are its pipeline's uint8 outputs
+  (x * 255 truncated), cv2.warpAffine rounds the warped face to uint8, ParseNet reads the uint8 face,
+  and the blended result is truncated to uint8. Ours: float throughout (``eight_bit``).
 Faces are ordered left to right (or by size or score) instead of detector order, so indices are stable.
 """
 
@@ -192,8 +196,15 @@ def alignment_matrix(landmarks, face_size: int = 512, robust: bool = True) -> to
                                              face_geometry.face_template(face_size), robust=robust)
 
 
-def align_crop(rgb: torch.Tensor, matrix, face_size: int = 512) -> torch.Tensor:
-    """Aligned crop [3,S,S] of rgb [3,H,W] in [0,1], border (135, 133, 132)/255 as DiffBIR fills it."""
+def align_crop(rgb: torch.Tensor, matrix, face_size: int = 512, eight_bit: bool = False) -> torch.Tensor:
+    """Aligned crop [3,S,S] of rgb [3,H,W] in [0,1], border (135, 133, 132)/255 as DiffBIR fills it.
+    ``eight_bit``: as cv2.warpAffine on the official helper's uint8 image: the image taken at its nearest
+    uint8 levels and the crop rounded to levels (exactly cv2's: its weights are exact on the 1/32 px grid)."""
+    if eight_bit:
+        levels = (rgb.double() * 255).round()
+        fill = torch.tensor(face_geometry.CROP_BORDER_RGB, dtype=torch.float64)
+        crop = face_geometry.warp_affine(levels[None], matrix, (face_size, face_size), border_value=fill)[0]
+        return (torch.floor(crop + 0.5) / 255).to(rgb.dtype)
     fill = torch.tensor(face_geometry.CROP_BORDER_RGB, dtype=rgb.dtype) / 255.0
     return face_geometry.warp_affine(rgb[None], matrix, (face_size, face_size), border_value=fill)[0]
 
@@ -215,7 +226,7 @@ def detect_and_align(images: torch.Tensor, detector, face_size: int = 512, detec
         found.append((boxes, landmarks, chosen))
         for position in chosen:
             matrix = alignment_matrix(landmarks[position], face_size)
-            crops.append(align_crop(images[b], matrix, face_size))
+            crops.append(align_crop(images[b], matrix, face_size, eight_bit=official_quirks))
             faceset.faces.append(Face(image_index=b, index=position, box=boxes[position, :4].tolist(),
                                       score=float(boxes[position, 4]), landmarks=landmarks[position].tolist(),
                                       affine=matrix.tolist(), source_size=tuple(images.shape[-2:])))
@@ -334,11 +345,25 @@ def paste_masks(face: Face, size: int, face_size: int, background_size, parse_ma
     return window, inverse, hard, soft
 
 
+def to_levels(image: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> the uint8 levels the official pipeline saves ((x * 255).clamp(0, 255) truncated), as
+    float64."""
+    return (image.double() * 255).clamp(0, 255).floor()
+
+
 def paste_faces(background: torch.Tensor, restored: torch.Tensor, faceset: FaceSet, parse_masks=None,
-                color_match: str = "none", feather: float = 1.0, progress=None):
+                color_match: str = "none", feather: float = 1.0, progress=None, eight_bit: bool = False):
     """background [B,3,H,W], restored crops [N,3,R,R] (in the order of faceset.faces), optional
     parse_masks [N,1,512,512] (face_parsing.parse_mask_from_labels) -> (image [B,3,H,W], mask [B,H,W]:
-    how much of each pixel comes from the faces)."""
+    how much of each pixel comes from the faces).
+
+    ``eight_bit``: the official helper's arithmetic: background and crops taken as their truncated uint8
+    levels (the caller quantises the crops it parses with to_levels too), the warped face rounded to
+    levels (cv2.warpAffine on uint8), the blend in float64 and the result truncated to levels."""
+    if eight_bit:
+        dtype = background.dtype
+        background = to_levels(background)
+        restored = to_levels(restored)
     if len(faceset.image_sizes) != background.shape[0]:
         raise ValueError(f"the faces were detected in {len(faceset.image_sizes)} image(s) but the background has "
                          f"{background.shape[0]}: connect the background restored from the same image batch")
@@ -366,9 +391,15 @@ def paste_faces(background: torch.Tensor, restored: torch.Tensor, faceset: FaceS
             crop = _colour_match(crop, background[b:b + 1], forward, color_match)
         soft = soft.to(background.dtype)
         warped = face_geometry.warp_affine(crop, inverse, (bg_h, bg_w), window=(top, left, win_h, win_w))
+        if eight_bit:  # cv2 rounds the warped uint8 face; the official face times mask is float32
+            warped = (hard * torch.floor(warped + 0.5).float()).double()
+        else:
+            warped = hard * warped
         region = (slice(b, b + 1), slice(None), slice(top, top + win_h), slice(left, left + win_w))
-        out[region] = soft * (hard * warped) + (1 - soft) * out[region]
+        out[region] = soft * warped + (1 - soft) * out[region]
         keep[region] = keep[region] * (1 - soft)
         if progress is not None:
             progress(number + 1)
+    if eight_bit:
+        out = (out.floor() / 255).to(dtype)
     return out, (1 - keep)[:, 0]

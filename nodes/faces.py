@@ -215,8 +215,9 @@ class DiffBIRFacePasteBack(io.ComfyNode):
                 FaceParser.Input("face_parser", optional=True, tooltip=(
                     "Optional, from DiffBIR Face Parser Loader: paste only the face itself (official DiffBIR does).")),
                 io.Boolean.Input("official_quirks", default=False, tooltip=(
-                    "With a face parser: feed ParseNet BGR as official DiffBIR does (it was trained on RGB). Off: "
-                    "RGB.")),
+                    "Paste as official DiffBIR does: on 8 bits (the faces and the background truncated to "
+                    "uint8 levels, the warped face rounded, the result truncated; up to a level of loss) and, "
+                    "with a face parser, ParseNet fed BGR (it was trained on RGB). Off: float throughout, RGB.")),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The background with the restored faces pasted in."),
@@ -242,7 +243,9 @@ class DiffBIRFacePasteBack(io.ComfyNode):
         parse = None
         if face_parser is not None:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            parse = face_parser.masks(crops, official_quirks)
+            # the official helper parses its uint8 face
+            parse = face_parser.masks(face_pipeline.to_levels(crops).float() / 255 if official_quirks else crops,
+                                      official_quirks)
         bar = comfy.utils.ProgressBar(len(faces))
 
         def progress(done):
@@ -250,6 +253,7 @@ class DiffBIRFacePasteBack(io.ComfyNode):
             bar.update_absolute(done)
 
         out, mask = face_pipeline.paste_faces(bg, crops, faces, parse_masks=parse, color_match=color_match,
-                                               feather=feather, progress=progress)
+                                               feather=feather, progress=progress,
+                                               eight_bit=official_quirks)
         return io.NodeOutput(images.join_alpha(out, alpha), mask.clamp(0, 1).float().cpu())
 

@@ -281,6 +281,22 @@ def test_paste_with_face_parser(comfy, astronaut_faces, monkeypatch):
     assert torch.all(mask <= plain_mask + 1e-6)  # the parse mask only ever narrows the soft mask
 
 
+def test_paste_official_quirks_works_on_8_bits(comfy, astronaut_faces):
+    """official_quirks pastes as the official helper (uint8 face and background, result truncated to
+    uint8 levels: bit-exact against it in test_faces_parity.py); the default stays float."""
+    image, (crops, faces, _) = astronaut_faces
+    shifted = (crops * 0.9 + 0.0513).clamp(0, 1)  # a "restoration" off the 8-bit grid
+    plain, plain_mask = paste(comfy, image, shifted, faces)
+    official, official_mask = paste(comfy, image, shifted, faces, official_quirks=True)
+    levels = official.double() * 255
+    assert torch.equal(levels, levels.round())  # exact levels: Save Image writes the official file
+    assert not torch.equal(plain.double() * 255, (plain.double() * 255).round())
+    assert torch.equal(official_mask, plain_mask)
+    # the same image up to the 8-bit steps: truncating the faces, the background and the result costs
+    # less than 2 levels (measured max 1.1 levels here)
+    assert (official - plain).abs().max() * 255 < 2
+
+
 def test_eye_distance_and_its_official_slip(comfy):
     faces_module = comfy.pack_module("diffbir_modules.faces")
     # (x, y): eyes 40 px apart, the nose 20 px left of the right eye
