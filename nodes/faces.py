@@ -19,7 +19,8 @@ Faces = io.Custom("DIFFBIR_FACES")
 QUIRKS_TOOLTIP = (
     "Reproduce the official DiffBIR helper exactly, including two slips: it feeds RetinaFace RGB where the network "
     "was trained on BGR, and its eye-distance filter reads the wrong landmark entries. Off: the channel order the "
-    "network was trained with and the real eye distance (usually the same faces, slightly different landmarks).")
+    "network was trained with and the real eye distance (usually the same faces, slightly different landmarks). On, "
+    "the crops are also rounded to 8-bit levels, as the official helper's uint8 warp makes them.")
 
 
 class DiffBIRFaceDetectorLoader(io.ComfyNode):

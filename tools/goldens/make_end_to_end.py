@@ -82,8 +82,14 @@ CASES["v21_aligned_face_x1"] = ("DiffBIR aligned face (v2.1)", "v2.1", "face", "
                                 "face_swinir_v1.ckpt", "edm_dpm++_3m_sde", 1.0)
 CASES["v21_faces_wild_x2"] = ("DiffBIR faces in the wild (v2.1)", "v2.1", "face_background", "SwinIRPipeline",
                               "realesrgan_s4_swinir_100k.pth", "edm_dpm++_3m_sde", 2.0)
+# v1's aligned face: the official v1 face models through main's ``--version v1 --task face`` (the v1
+# release's ``inference_face.py --has_aligned --sr_scale 1`` does the same to a 512 x 512 face: its
+# resize and padding rules leave that size alone)
+CASES["v1_aligned_face_x1"] = ("DiffBIR v1 aligned face", "v1", "face", "SwinIRPipeline", "face_swinir_v1.ckpt",
+                               "spaced", 1.0)
 OPTIONS = {"v21_tiled_sr_x4": {"tiled": True}, "v21_swinir_sr_x4_batch2": {"n_samples": 2},
-           "v21_aligned_face_x1": {"lq": "face_512"}, "v21_faces_wild_x2": {"lq": "astronaut_320"}}
+           "v21_aligned_face_x1": {"lq": "face_512"}, "v21_faces_wild_x2": {"lq": "astronaut_320"},
+           "v1_aligned_face_x1": {"lq": "face_512"}}
 FACE_CLEANER = "face_swinir_v1.ckpt"
 # The face models of the wild case (devkit.model_factory.face_model_file seeds; the test installs the same
 # files) and the detector's score threshold for them (see the module docstring; the test sets it on the
