@@ -191,9 +191,12 @@ def select(boxes: torch.Tensor, image_size, mode: str = "all", indices: str = ""
 
 # -- alignment ----------------------------------------------------------------------------------
 def alignment_matrix(landmarks, face_size: int = 512, robust: bool = True) -> torch.Tensor:
-    """2x3 float64 similarity: source pixels -> face_size crop (landmarks onto the FFHQ template)."""
-    return face_geometry.estimate_similarity(torch.as_tensor(landmarks, dtype=torch.float64),
-                                             face_geometry.face_template(face_size), robust=robust)
+    """2x3 float64 similarity: source pixels -> face_size crop (landmarks onto the FFHQ template). Both point
+    sets are taken at float32 precision, as cv2.estimateAffinePartial2D converts them: the float64 template
+    moves the fit by ~1e-4 px, enough to move some crop pixels to the next 1/32 px sampling cell of the warp
+    (up to 2 levels on sharp edges) and so change the restored face."""
+    return face_geometry.estimate_similarity(torch.as_tensor(landmarks).float().double(),
+                                             face_geometry.face_template(face_size).float().double(), robust=robust)
 
 
 def align_crop(rgb: torch.Tensor, matrix, face_size: int = 512, eight_bit: bool = False) -> torch.Tensor:
