@@ -296,6 +296,12 @@ def sd2_lora_file(variant: str = "tiny", seed: int = 5, rank: int = 4, layout: s
     return path
 
 
+# The LoRA of the end-to-end LoRA case (tools/goldens/make_end_to_end_lora.py, its tests): kohya layout,
+# alpha / rank = 0.5 (not 1, so the alpha scaling matters); its deltas are ~30 % of the weights at the
+# workflow's strength 0.6 (up_scale 1 x 0.5 x 0.6), large enough that a wrong key or scale is obvious.
+E2E_LORA = dict(variant="small", seed=8, rank=4, layout="kohya", alpha=2.0, up_scale=1.0)
+
+
 def stock_controlnet_shapes(variant: str = "tiny") -> dict:
     """A stock (lllyasviel-style) SD 2.x ControlNet with a 3-channel image hint encoder."""
     _, openaimodel = _comfy()

@@ -4,6 +4,9 @@ UNet and kohya-layout LoRA must patch exactly the weights devkit.lora_merge merg
 The whole workflow is compared with the official pipeline on the merged weights in
 tests/test_end_to_end_variants.py (DIFFBIR_SLOW_TESTS=1)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -12,9 +15,11 @@ from safetensors.torch import load_file
 from devkit import lora_merge, model_factory
 from devkit.model_factory import install_model
 
-# The end-to-end LoRA case's files and strength (tools/goldens/make_end_to_end_lora.py).
-LORA = dict(variant="small", seed=8, rank=4, layout="kohya", alpha=2.0, up_scale=1.0)
-STRENGTH = 0.6  # the shipped workflow's LoRA strength
+WORKFLOW = Path(__file__).resolve().parent.parent / "example_workflows" / \
+    "DiffBIR v2.1 with a LoRA (stock KSampler).json"
+# The shipped workflow's LoRA strength (its LoraLoaderModelOnly), as the end-to-end golden reads it.
+[STRENGTH] = [n["widgets_values"][1] for n in json.loads(WORKFLOW.read_text())["nodes"]
+              if n["type"] == "LoraLoaderModelOnly"]
 # Bound: both sides add (strength * alpha / rank) * up @ down to the float32 weight in float32; the
 # order of the products may differ, so a weight may land one float32 rounding away. Measured: max
 # 0.0 (bit-equal) on every patched weight; the weights are ~0.05 in size, one float32 ulp there is
@@ -32,7 +37,7 @@ def unet_weights(path) -> dict:
 @pytest.fixture(scope="module")
 def files():
     checkpoint = model_factory.sd2_checkpoint("small", dtype=torch.float32)
-    lora = model_factory.sd2_lora_file(**LORA)
+    lora = model_factory.sd2_lora_file(**model_factory.E2E_LORA)
     return checkpoint, lora
 
 
