@@ -1,7 +1,9 @@
 """Shipped workflows with one official option changed, end to end against the official entry point:
-restoration guidance through the shipped sweep workflow against official v2.0, and official sampler
-families in place of the v2.1 workflow's own (goldens tests/golden/end_to_end/guidance_* and
-samplers_*, made by tools/goldens/make_end_to_end_guidance.py and make_end_to_end_samplers.py).
+restoration guidance through the shipped sweep workflow against official v2.0, official sampler
+families in place of the v2.1 workflow's own, and the LoRA workflow against the official v2.1 run on
+weights with the LoRA merged in (goldens tests/golden/end_to_end/guidance_*, samplers_* and lora_*,
+made by tools/goldens/make_end_to_end_guidance.py, make_end_to_end_samplers.py and
+make_end_to_end_lora.py).
 
 As in test_end_to_end_parity.py, the SHIPPED workflow JSON is loaded and driven through a headless
 server (fp32 text encoder, fp32 checkpoint); the test edits a loaded copy only where the official
