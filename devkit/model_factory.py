@@ -261,24 +261,45 @@ def ircontrolnet_file(variant: str = "tiny", seed: int = 1, fmt: str = "pth") ->
     return path
 
 
-def sd2_lora_file(variant: str = "tiny", seed: int = 5, rank: int = 4) -> Path:
-    """A random LoRA (kohya "lora_unet_*" keys) on every attention projection of the SD 2.x UNet."""
+def sd2_lora_file(variant: str = "tiny", seed: int = 5, rank: int = 4, layout: str = "ldm",
+                  alpha: float | None = None, up_scale: float = 0.5) -> Path:
+    """A random SD 2.x UNet LoRA (safetensors). ``layout`` "ldm": "lora_unet_<ldm key>" names on every
+    attention projection; "kohya": kohya's own layout of published SD 2.x LoRAs (diffusers module names,
+    every Linear of the transformer blocks, devkit.lora_merge.KOHYA_TARGETS). ``alpha`` defaults to the
+    rank (scale 1); ``lora_up`` is drawn N(0, 1/rank) times ``up_scale``, so ``up @ down`` has about
+    ``up_scale`` times the size of the weight it is added to."""
     from safetensors.torch import save_file
 
-    path = CACHE / f"lora-sd2-{variant}-seed{seed}-r{rank}-v{FACTORY_VERSION}.safetensors"
+    from devkit import lora_merge
+
+    alpha = float(rank if alpha is None else alpha)
+    suffix = "" if layout == "ldm" else f"-{layout}-a{alpha:g}-u{up_scale:g}"
+    path = CACHE / f"lora-sd2-{variant}-seed{seed}-r{rank}{suffix}-v{FACTORY_VERSION}.safetensors"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    shapes = sd2_unet_shapes(variant)
+    if layout == "ldm":
+        names = {"lora_unet_" + key[: -len(".weight")].replace(".", "_"): key for key, shape in shapes.items()
+                 if len(shape) == 2 and any(f".{p}.weight" in "." + key for p in ("to_q", "to_k", "to_v", "to_out.0"))}
+    elif layout == "kohya":
+        names = lora_merge.lora_targets(shapes, UNET_VARIANTS[variant]["num_res_blocks"][0])
+    else:
+        raise ValueError(f"unknown LoRA layout {layout!r}; one of ldm, kohya")
     sd = {}
-    for key, shape in sd2_unet_shapes(variant).items():
-        if len(shape) == 2 and any(f".{p}.weight" in "." + key for p in ("to_q", "to_k", "to_v", "to_out.0")):
-            name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
-            out_f, in_f = shape
-            sd[name + ".lora_down.weight"] = random_tensor(name + "down", (rank, in_f), seed)
-            sd[name + ".lora_up.weight"] = random_tensor(name + "up", (out_f, rank), seed) * 0.5
-            sd[name + ".alpha"] = torch.tensor(float(rank))
+    for name, key in names.items():
+        out_f, in_f = shapes[key][:2]
+        sd[name + ".lora_down.weight"] = random_tensor(name + "down", (rank, in_f), seed)
+        sd[name + ".lora_up.weight"] = random_tensor(name + "up", (out_f, rank), seed) * up_scale
+        sd[name + ".alpha"] = torch.tensor(alpha)
     _atomic_save(lambda p: save_file(sd, str(p)), path)
     return path
+
+
+# The LoRA of the end-to-end LoRA case (tools/goldens/make_end_to_end_lora.py, its tests): kohya layout,
+# alpha / rank = 0.5 (not 1, so the alpha scaling matters); its deltas are ~30 % of the weights at the
+# workflow's strength 0.6 (up_scale 1 x 0.5 x 0.6), large enough that a wrong key or scale is obvious.
+E2E_LORA = dict(variant="small", seed=8, rank=4, layout="kohya", alpha=2.0, up_scale=1.0)
 
 
 def stock_controlnet_shapes(variant: str = "tiny") -> dict:

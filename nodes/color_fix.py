@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import color_fix, guards, images
+from ..diffbir_modules import color_fix, guards, host_memory, images
 from . import menu
 
 METHODS = {"wavelet": color_fix.wavelet_color_fix, "adain": color_fix.adain_color_fix,
@@ -87,4 +87,5 @@ class DiffBIRResizeToOutputSize(io.ComfyNode):
     def execute(cls, image, width, height, method="bicubic_antialias") -> io.NodeOutput:
         rgb, alpha = images.split_alpha(image)
         out = images.resize_to_output(rgb, (height, width), method)
+        host_memory.release()  # the last step of a restore: what the run freed goes back to the system
         return io.NodeOutput(images.join_alpha(out, alpha))

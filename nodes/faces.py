@@ -8,7 +8,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..diffbir_modules import downloads, face_models, guards, images
+from ..diffbir_modules import downloads, face_models, guards, host_memory, images
 from ..diffbir_modules import faces as face_pipeline
 from . import menu
 
@@ -256,5 +256,6 @@ class DiffBIRFacePasteBack(io.ComfyNode):
         out, mask = face_pipeline.paste_faces(bg, crops, faces, parse_masks=parse, color_match=color_match,
                                                feather=feather, progress=progress,
                                                eight_bit=official_quirks)
+        host_memory.release()
         return io.NodeOutput(images.join_alpha(out, alpha), mask.clamp(0, 1).float().cpu())
 

@@ -4,7 +4,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import guards, images
+from ..diffbir_modules import guards, host_memory, images
 from ..diffbir_modules import ircontrolnet as irc
 from . import menu
 
@@ -125,6 +125,7 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
         rgb, _ = images.split_alpha(image)
         height, width = rgb.shape[-2:]
         condition, raw = irc.encode_condition(vae, rgb, padding, tile_size=vae_tile_size)
+        host_memory.release()  # the encoder's freed activations
         samples = raw.clone() if start_point == "cond" else torch.zeros_like(raw)
         latent = {"samples": samples}
         if strength == 0:

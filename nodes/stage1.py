@@ -4,7 +4,7 @@ size rules, and a loader that reads every published stage-1 file with clear erro
 import folder_paths
 from comfy_api.latest import io
 
-from ..diffbir_modules import presets, stage1
+from ..diffbir_modules import host_memory, presets, stage1
 from . import menu
 
 PRESET_OPTIONS = ["auto", *presets.preset_names()]
@@ -87,6 +87,7 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
             weighting="uniform" if tile_weighting == "uniform" else "gaussian",
             official_midpoint=tile_weighting != "gaussian_symmetric", clamp=clamp)
         out, plan = stage1.run_in_comfy(image, upscale_model, settings)
+        host_memory.release()
         return io.NodeOutput(out, plan.requested[1], plan.requested[0])
 
 

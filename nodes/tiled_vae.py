@@ -3,7 +3,7 @@ so the result equals the untiled pass)."""
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import guards, tiled_vae
+from ..diffbir_modules import guards, host_memory, tiled_vae
 from . import menu
 
 
@@ -42,7 +42,9 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
     @classmethod
     def execute(cls, vae, samples, tile_size=0, clamp=True) -> io.NodeOutput:
         guards.require_finite("DiffBIR VAE Decode (exact tiles)", "samples", samples["samples"])
-        return io.NodeOutput(tiled_vae.decode(vae, samples["samples"], tile_size, clamp=clamp))
+        decoded = tiled_vae.decode(vae, samples["samples"], tile_size, clamp=clamp)
+        host_memory.release()  # the sampler's and the decoder's freed activations
+        return io.NodeOutput(decoded)
 
 
 class DiffBIRVAEEncodeTiled(io.ComfyNode):
@@ -74,4 +76,6 @@ class DiffBIRVAEEncodeTiled(io.ComfyNode):
         guards.require_finite("DiffBIR VAE Encode (exact tiles)", "pixels", pixels)
         guards.require_min_size("DiffBIR VAE Encode (exact tiles)", "pixels", pixels, 8,
                                 "the VAE encodes 8x8 pixel blocks and crops the rest")
-        return io.NodeOutput({"samples": tiled_vae.encode(vae, pixels, tile_size)})
+        latent = tiled_vae.encode(vae, pixels, tile_size)
+        host_memory.release()
+        return io.NodeOutput({"samples": latent})

@@ -32,9 +32,11 @@ def shrink(prompt: dict, seed: int) -> dict:
     downloads; a new seed each time so nothing is served from ComfyUI's cache."""
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
-        for name, value in (("steps", 2), ("seed", seed), ("noise_seed", seed)):
+        if "steps" in inputs:  # a literal, or linked to the preset loader's official count (10 to 50)
+            inputs["steps"] = 2
+        for name in ("seed", "noise_seed"):
             if name in inputs and not isinstance(inputs[name], list):
-                inputs[name] = value
+                inputs[name] = seed
         if kind == "DiffBIRDegradationRemoval":
             inputs["min_short_side"] = 0
             if not isinstance(inputs["upscale"], list):

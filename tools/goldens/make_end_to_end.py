@@ -125,9 +125,10 @@ def log(*args):
     print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
 
 
-def build_cldm(tree: str = "main"):
+def build_cldm(tree: str = "main", checkpoint: Path | None = None):
     """The official ControlLDM of the source tree ``tree`` ("main": v2.1 code; "v20": the v2.0.0 code,
-    activated by the caller) on the small random checkpoint and IRControlNet."""
+    activated by the caller) on the small random checkpoint (or the SD checkpoint file ``checkpoint``)
+    and IRControlNet."""
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
@@ -140,7 +141,7 @@ def build_cldm(tree: str = "main"):
     params["unet_cfg"] = dict(UNET, out_channels=4)
     params["controlnet_cfg"] = dict(UNET, hint_channels=4)
     cldm = ControlLDM(**params)
-    sd = load_file(str(model_factory.sd2_checkpoint("small", dtype=torch.float32)))
+    sd = load_file(str(checkpoint or model_factory.sd2_checkpoint("small", dtype=torch.float32)))
     loaded = cldm.load_pretrained_sd(sd)
     if tree == "main" and loaded[1]:  # (unused, missing); the v2.0 code raises on a missing key itself
         raise RuntimeError(f"the small checkpoint lacks {sorted(loaded[1])[:5]}")
