@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -52,11 +53,18 @@ def shrink(prompt: dict, seed: int) -> dict:
     return prompt
 
 
+def memory_window(rss_mib: list[float], warmup: int, window: int) -> tuple[float, float]:
+    """Resident memory after the warm-up and at the end: the median over ``window`` prompts (one of each
+    workflow), so neither figure is one workflow's own level or an interrupted prompt's."""
+    after_warmup = rss_mib[warmup:warmup + window] or rss_mib[-window:]
+    return round(statistics.median(after_warmup), 1), round(statistics.median(rss_mib[-window:]), 1)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=None, help="default: the runtime's models/")
     parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10, help="prompts before the memory baseline")
+    parser.add_argument("--warmup", type=int, default=10, help="prompts before the baseline round")
     parser.add_argument("--interrupt-every", type=int, default=10, help="interrupt every Nth prompt (0: never)")
     parser.add_argument("--interrupt-after", type=float, default=1.0, help="seconds into the prompt")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
@@ -101,8 +109,7 @@ def main(argv=None) -> int:
             report["rss_mib"].append(round(rss, 1))
             print(f"[{i + 1}/{args.prompts}] {name}: {outcome}, server RSS {rss:.0f} MiB, "
                   f"{report['outputs']} outputs so far", flush=True)  # a partial run still has its figures
-    baseline = report["rss_mib"][min(args.warmup, len(report["rss_mib"])) - 1]
-    final = report["rss_mib"][-1]
+    baseline, final = memory_window(report["rss_mib"], args.warmup, len(names))
     report.update(seconds=round(time.monotonic() - started, 1), rss_after_warmup_mib=baseline, rss_end_mib=final,
                   rss_growth_percent=round(100 * (final - baseline) / baseline, 2))
     print(f"{report['completed']} completed, {report['interrupted']} interrupted, {len(report['failed'])} failed, "
