@@ -97,6 +97,28 @@ def test_replay_chosen_from_free_memory(tv, vae):
     assert tv.planning.choose_replay(enc_segments, enc_steps, 2048, 2048, 4, budget=1.5 * full_map) == {0}
 
 
+def test_small_levels_run_whole_without_raising_the_tile_working_size(tv, vae):
+    """Where a whole low-resolution level takes no more than a tile already does elsewhere, its
+    segments run as one tile (no halo recompute); the full-resolution levels stay tiled."""
+    dec, enc = vae.first_stage_model.decoder, vae.first_stage_model.encoder
+    owns = tv.tiles.tile_regions(512, 512, 256)
+    whole = [(0, 512, 0, 512)]
+    segments = tv.segments.decoder_segments(dec)
+    plan = tv.planning.segment_owns(segments, 8, owns, 512, 512)
+    # decoder, 256 px tiles of a 512 px image: 1/8 and 1/4 (512 channels) whole, 1/2 and full tiled
+    by_level = {}
+    for segment, segment_owns in zip(segments, plan):
+        by_level.setdefault(segment.level, set()).add(len(segment_owns))
+    assert by_level == {3: {1}, 2: {1}, 1: {4}, 0: {4}}
+    assert all(p in (whole, owns) for p in plan)
+    enc_segments = tv.segments.encoder_segments(enc)
+    enc_plan = tv.planning.segment_owns(enc_segments, 1, owns, 512, 512)
+    # encoder: full and 1/2 tiled; at 1/4 the downsampling segment (its input is at 1/2) stays tiled
+    assert [len(p) for p in enc_plan] == [4, 4, 4, 4, 4, 1, 1, 1]
+    # one tile of the whole image: nothing to change
+    assert tv.planning.segment_owns(segments, 8, whole, 512, 512) == [whole] * len(segments)
+
+
 def test_automatic_decodes_untiled_when_it_fits(tv, vae, encoded):
     _, latent = encoded
     with torch.inference_mode():

@@ -9,40 +9,35 @@ import comfy.model_management
 import comfy.ops
 import torch
 
+from .planning import segment_owns
 from .segments import Segment, out_step, output_origin
 from .tiles import TiledMap, own_slices
 
 log = logging.getLogger("DiffBIR")
 
 
-def _moments(x: torch.Tensor, groups: int, whole: bool) -> tuple[int, torch.Tensor, torch.Tensor]:
+def _moments(x: torch.Tensor, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(elements, mean, sum of squared deviations) per group of ``x`` [B, C, H, W], float64 [B, groups]
-    on the CPU. ``whole``: ``x`` is a whole contiguous tile, read by PyTorch's own GroupNorm kernel
-    (its vectorised moments, eps 0 so the variance comes back from ``rstd``); else a small strided
-    piece, viewed as [B, groups, C/groups, H, W] without a copy and reduced by ``var_mean``, which is
-    as exact but about 2.5x slower per element on the CPU."""
+    on the CPU, from PyTorch's own GroupNorm kernel (its vectorised moments; eps 0, so the variance
+    comes back exactly from ``rstd``). ``var_mean`` is as exact but ~2.5x slower per element on the
+    CPU, and far slower on the narrow strided strips of a halo frame (copied here: they are small)."""
     b, c, h, w = x.shape
+    _, mean, rstd = torch.ops.aten.native_group_norm(x.float().contiguous(), None, None, b, c, h * w, groups, 0.0)
     n = c // groups * h * w
-    if whole:
-        _, mean, rstd = torch.ops.aten.native_group_norm(x.float().contiguous(), None, None, b, c, h * w, groups, 0.0)
-        var = rstd.double().pow(-2)
-    else:
-        var, mean = torch.var_mean(x.float().view(b, groups, c // groups, h, w), dim=(2, 3, 4), correction=0)
-        var = var.double()
-    return n, mean.double().cpu(), (var * n).cpu()
+    return n, mean.double().cpu(), (rstd.double().pow(-2) * n).cpu()
 
 
 def _own_moments(t: torch.Tensor, rows: slice, cols: slice, groups: int):
     """Moments of a tile's own region ``t[..., rows, cols]``: those of the whole tile less those of its
     halo frame (Chan et al.'s update run backwards). The own region is most of the tile (at least
     4/9 of it for the smallest tiles), so the subtraction loses no more than a factor ~2 of float32
-    precision, and the one fast pass over the whole tile replaces a slow pass over a strided view."""
-    n, mean, m2 = _moments(t, groups, True)
+    precision, and one fast pass over the contiguous tile replaces a copy of the strided own region."""
+    n, mean, m2 = _moments(t, groups)
     frame = (t[..., :rows.start, :], t[..., rows.stop:, :], t[..., rows, :cols.start], t[..., rows, cols.stop:])
     for piece in frame:
         if piece.numel() == 0:
             continue
-        nb, mb, m2b = _moments(piece, groups, False)
+        nb, mb, m2b = _moments(piece, groups)
         na = n - nb
         ma = (mean * n - mb * nb) / na
         m2 = m2 - m2b - (mb - ma) ** 2 * (na * nb / n)
@@ -207,11 +202,14 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def _run(segments: list[Segment], first: TiledMap, device, park, replay: set[int], on_pass, meter) -> TiledMap:
+def _run(segments: list[Segment], plan: list[list], first: TiledMap, device, park, replay: set[int], on_pass,
+         meter) -> TiledMap:
     source = first
-    for segment in segments:
+    for segment, owns in zip(segments, plan):
+        if owns != source.owns:
+            source = source.regrid(owns)
         step = out_step(source.step, segment.resample)
-        target = TiledMap(source.owns, step, source.height * source.step, source.width * source.step)
+        target = TiledMap(owns, step, source.height * source.step, source.width * source.step)
         run = _replay if segment.level in replay else _lockstep
         run(segment, source, target, device, park, on_pass, meter)
         source = target
@@ -219,6 +217,8 @@ def _run(segments: list[Segment], first: TiledMap, device, park, replay: set[int
 
 
 def run_tiled(segments, first: TiledMap, device, park, replay: set[int], bar, meter) -> TiledMap:
+    """Runs ``segments`` from ``first``; each with the tiles ``segment_owns`` gives it."""
     log.debug("DiffBIR tiled VAE: replaying levels %s", sorted(replay))
-    return _run(segments, first, device, park, replay, (lambda: bar.update(1)) if bar is not None else (lambda: None),
-                meter)
+    plan = segment_owns(segments, first.step, first.owns, first.height * first.step, first.width * first.step)
+    return _run(segments, plan, first, device, park, replay,
+                (lambda: bar.update(1)) if bar is not None else (lambda: None), meter)
