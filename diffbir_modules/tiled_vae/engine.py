@@ -82,7 +82,8 @@ def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) ->
     inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [B, C], float64
     mean = mean.repeat_interleave(per_group, dim=1)
     if norm.affine:
-        weight, bias = comfy.ops.cast_bias_weight(norm, dtype=torch.float64, device=mean.device)
+        weight, bias = comfy.ops.cast_bias_weight(norm, dtype=torch.float64, device=mean.device,
+                                                   bias_dtype=torch.float64)
         scale, shift = inv * weight, bias - mean * inv * weight
     else:
         scale, shift = inv, -mean * inv
