@@ -4,6 +4,7 @@ memory and the largest difference, encode and decode, SD 2.x KL autoencoder in i
 
     .venv/bin/python -m scripts.benchmark_vae                        # 512 px, 256 px tiles, 3 rounds
     .venv/bin/python -m scripts.benchmark_vae --sizes 512 1024 --tile 512 --json vae.json
+    .venv/bin/python -m scripts.benchmark_vae --sizes 1024 --tile 0      # the automatic choice
 
 DiffBIR VAE Encode / Decode (exact tiles) with tile_size 0 run ComfyUI's untiled VAE whenever the
 image fits in free memory, so this measures the tiled path a large image takes (forced here with
@@ -14,8 +15,12 @@ reported time is the median of the rounds.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
 from functools import partial
@@ -59,7 +64,9 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int) -> dict:
     weights = load_file(str(model_factory.sd2_checkpoint("tiny", dtype=torch.float32)))
     vae = comfy.sd.VAE(sd={k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     del weights
-    report = {"tile": tile, "rounds": rounds, "threads": threads, "device": "cpu", "sizes": {}}
+    report = {"tile": tile, "rounds": rounds, "threads": threads, "device": f"cpu ({platform.machine()}, "
+              f"{os.cpu_count()} cores)", "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
+              "sizes": {}}
     for size in sizes:
         pixels = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(size))
         record = _Recorder(("comfyui_encode", "exact_encode", "comfyui_decode", "exact_decode"))
@@ -86,27 +93,33 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int) -> dict:
             "encode_max_relative_difference": encode_error,
             "decode_max_difference": decode_error,
         }
+    report["load_average_at_end"] = os.getloadavg()
     return report
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512])
-    parser.add_argument("--tile", type=int, default=256, help="exact tiled VAE tile, pixels (multiple of 64)")
+    parser.add_argument("--tile", type=int, default=256,
+                        help="exact tiled VAE tile, pixels (multiple of 64; 0 = the automatic choice)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     report = measure(args.sizes, args.tile, args.rounds, args.threads)
+    report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report["command"] = "python -m scripts.benchmark_vae " + " ".join(argv if argv is not None else sys.argv[1:])
     for size, row in report["sizes"].items():
         s, p = row["seconds"], row["peak_above_start_gib"]
-        print(f"{size} px, {args.tile} px tiles:")
+        print(f"{size} px, {f'{args.tile} px tiles' if args.tile else 'automatic tile'}:")
         for stage in ("encode", "decode"):
             print(f"  {stage}: exact tiled {s['exact_' + stage]:.2f} s vs ComfyUI {s['comfyui_' + stage]:.2f} s "
                   f"({row[stage + '_ratio']:.2f}x; CPU time {row[stage + '_cpu_ratio']:.2f}x), peak "
                   f"+{p['exact_' + stage]:.2f} vs +{p['comfyui_' + stage]:.2f} GiB")
         print(f"  largest difference: latent {row['encode_max_relative_difference']:.1e} relative, "
               f"image {row['decode_max_difference']:.1e}")
+    start, end = (" ".join(f"{v:.2f}" for v in report[key]) for key in ("load_average_at_start", "load_average_at_end"))
+    print(f"load average (1, 5, 15 min) at start {start}, at end {end}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

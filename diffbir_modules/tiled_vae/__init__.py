@@ -17,9 +17,12 @@ What this module does (our own design, the same idea done exactly):
   non-overlapping regions, so it takes what the untiled map takes; a tile's input to the next segment
   is its own region plus a halo of that segment's receptive field (2-6 elements) cut from its
   neighbours (halo exchange): no tile carries the receptive field of the whole rest of the network;
+- segments of the low-resolution levels run as one whole-image tile where their whole map takes no
+  more than a tile already does elsewhere (no halo recompute there, same peak);
 - inside a segment the tiles run in lockstep: each advances to the next GroupNorm, the statistics are
-  accumulated over the tiles' own regions with Chan's parallel mean/variance, and every tile is
-  normalised with the whole-image statistics. Waiting tiles park what they hand out (up to twice the
+  accumulated over the tiles' own regions with Chan's parallel mean/variance (one pass of PyTorch's
+  GroupNorm kernel per tile, less its halo frame), and every tile is normalised with the whole-image
+  statistics in one pass. Waiting tiles park what they hand out (up to twice the
   block's channels) on ComfyUI's intermediate device (CPU memory when the VAE runs on a GPU);
 - where that parked state would not fit (more than 1/8 of the parking device's free memory), a level
   *replays* instead: only each segment's input is kept, each GroupNorm's statistics come from a pass

@@ -71,7 +71,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
                 first.chunks[j] = x[..., t:bo, le:r]
             del x, z
             image = run_tiled(segments, first, device, park, levels, bar, meter)
-            for j, own in enumerate(owns):
+            for j, own in enumerate(image.owns):
                 piece = vae.process_output(image.chunks[j].float())
                 image.chunks[j] = None
                 out[i, own[0]:own[1], own[2]:own[3]] = piece[0].movedim(0, -1).to(out.device)

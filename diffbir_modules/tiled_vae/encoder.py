@@ -61,7 +61,7 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
             features = run_tiled(segments, first, device, park, levels, bar, meter)
             feature = torch.empty((1, features.chunks[0].shape[1], h // 8, w // 8), dtype=features.chunks[0].dtype,
                                   device=device)
-            for j in range(len(owns)):
+            for j in range(len(features.owns)):
                 t, bo, le, r = features.own(j)
                 feature[..., t:bo, le:r] = features.chunks[j].to(device)
                 features.chunks[j] = None

@@ -9,10 +9,40 @@ import comfy.model_management
 import comfy.ops
 import torch
 
+from .planning import segment_owns
 from .segments import Segment, out_step, output_origin
 from .tiles import TiledMap, own_slices
 
 log = logging.getLogger("DiffBIR")
+
+
+def _moments(x: torch.Tensor, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(elements, mean, sum of squared deviations) per group of ``x`` [B, C, H, W], float64 [B, groups]
+    on the CPU, from PyTorch's own GroupNorm kernel (its vectorised moments; eps 0, so the variance
+    comes back exactly from ``rstd``). ``var_mean`` is as exact but ~2.5x slower per element on the
+    CPU, and far slower on the narrow strided strips of a halo frame (copied here: they are small)."""
+    b, c, h, w = x.shape
+    _, mean, rstd = torch.ops.aten.native_group_norm(x.float().contiguous(), None, None, b, c, h * w, groups, 0.0)
+    n = c // groups * h * w
+    return n, mean.double().cpu(), (rstd.double().pow(-2) * n).cpu()
+
+
+def _own_moments(t: torch.Tensor, rows: slice, cols: slice, groups: int):
+    """Moments of a tile's own region ``t[..., rows, cols]``: those of the whole tile less those of its
+    halo frame (Chan et al.'s update run backwards). The own region is most of the tile (at least
+    4/9 of it for the smallest tiles), so the subtraction loses no more than a factor ~2 of float32
+    precision, and one fast pass over the contiguous tile replaces a copy of the strided own region."""
+    n, mean, m2 = _moments(t, groups)
+    frame = (t[..., :rows.start, :], t[..., rows.stop:, :], t[..., rows, :cols.start], t[..., rows, cols.stop:])
+    for piece in frame:
+        if piece.numel() == 0:
+            continue
+        nb, mb, m2b = _moments(piece, groups)
+        na = n - nb
+        ma = (mean * n - mb * nb) / na
+        m2 = m2 - m2b - (mb - ma) ** 2 * (na * nb / n)
+        n, mean = na, ma
+    return n, mean, m2.clamp_min(0)
 
 
 class _Stats:
@@ -23,15 +53,11 @@ class _Stats:
         self.mean = None
         self.m2 = None
 
-    def add(self, x: torch.Tensor, groups: int) -> None:
-        b = x.shape[0]
-        xg = x.float().reshape(b, groups, -1)
-        n = xg.shape[-1]
-        if n == 0:
+    def add(self, t: torch.Tensor, rows: slice, cols: slice, groups: int) -> None:
+        """Adds the own region ``t[..., rows, cols]`` of tile ``t``."""
+        if t[..., rows, cols].numel() == 0:
             return
-        mean = xg.mean(-1, dtype=torch.float32)
-        m2 = ((xg - mean[..., None]) ** 2).sum(-1)
-        mean, m2 = mean.double().cpu(), m2.double().cpu()
+        n, mean, m2 = _own_moments(t, rows, cols, groups)
         if self.n is None:
             self.n, self.mean, self.m2 = n, mean, m2
             return
@@ -46,17 +72,27 @@ class _Stats:
 
 
 def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    b, c = x.shape[:2]
-    groups = norm.num_groups
-    dtype = x.dtype
-    xf = x.float().reshape(b, groups, -1)
-    mean = mean.to(device=x.device, dtype=torch.float32)[..., None]
-    inv = torch.rsqrt(var.to(device=x.device, dtype=torch.float32) + norm.eps)[..., None]
-    y = ((xf - mean) * inv).reshape(x.shape)
+    """GroupNorm of ``x`` with the given (whole-image) group statistics, in one pass over ``x``:
+    the statistics and the affine weights are folded into a per-channel scale and shift first (in
+    float64, on [B, C] numbers), as PyTorch's own GroupNorm kernel does with its own statistics.
+    Applied by an inference batch norm over the B*C channels with mean 0, variance 1 and eps 0
+    (``x * scale + shift`` exactly; its kernel is ~1.5x faster than ``addcmul`` on the CPU)."""
+    b, c, height, width = x.shape
+    per_group = c // norm.num_groups
+    inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [B, C], float64
+    mean = mean.repeat_interleave(per_group, dim=1)
     if norm.affine:
-        weight, bias = comfy.ops.cast_bias_weight(norm, y)
-        y = y * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
-    return y.to(dtype)
+        weight, bias = comfy.ops.cast_bias_weight(norm, dtype=torch.float64, device=mean.device,
+                                                   bias_dtype=torch.float64)
+        scale, shift = inv * weight, bias - mean * inv * weight
+    else:
+        scale, shift = inv, -mean * inv
+    scale = scale.to(device=x.device, dtype=torch.float32).reshape(b * c)
+    shift = shift.to(device=x.device, dtype=torch.float32).reshape(b * c)
+    zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
+    y = torch.nn.functional.batch_norm(x.float().reshape(1, b * c, height, width), zeros, ones, scale, shift,
+                                       False, 0.0, 0.0)
+    return y.reshape(x.shape).to(x.dtype)
 
 
 class Meter:
@@ -89,7 +125,7 @@ def _lockstep(segment: Segment, source: TiledMap, target: TiledMap, device, park
             target.chunks[i] = request_or_value[..., rows, cols].to(park)
             return
         norm, t, carry = request_or_value
-        stats.add(t[..., rows, cols], norm.num_groups)
+        stats.add(t, rows, cols, norm.num_groups)
         requests[i] = (norm, t.to(park), tuple(c.to(park) for c in carry))
 
     for i, x in source.consume(segment.halo):
@@ -155,7 +191,7 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
                 continue
             norm, t, _ = request
             del request
-            stats.add(t[..., rows, cols], norm.num_groups)
+            stats.add(t, rows, cols, norm.num_groups)
             del t
             program.close()
             if meter:
@@ -167,11 +203,14 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def _run(segments: list[Segment], first: TiledMap, device, park, replay: set[int], on_pass, meter) -> TiledMap:
+def _run(segments: list[Segment], plan: list[list], first: TiledMap, device, park, replay: set[int], on_pass,
+         meter) -> TiledMap:
     source = first
-    for segment in segments:
+    for segment, owns in zip(segments, plan):
+        if owns != source.owns:
+            source = source.regrid(owns)
         step = out_step(source.step, segment.resample)
-        target = TiledMap(source.owns, step, source.height * source.step, source.width * source.step)
+        target = TiledMap(owns, step, source.height * source.step, source.width * source.step)
         run = _replay if segment.level in replay else _lockstep
         run(segment, source, target, device, park, on_pass, meter)
         source = target
@@ -179,6 +218,8 @@ def _run(segments: list[Segment], first: TiledMap, device, park, replay: set[int
 
 
 def run_tiled(segments, first: TiledMap, device, park, replay: set[int], bar, meter) -> TiledMap:
+    """Runs ``segments`` from ``first``; each with the tiles ``segment_owns`` gives it."""
     log.debug("DiffBIR tiled VAE: replaying levels %s", sorted(replay))
-    return _run(segments, first, device, park, replay, (lambda: bar.update(1)) if bar is not None else (lambda: None),
-                meter)
+    plan = segment_owns(segments, first.step, first.owns, first.height * first.step, first.width * first.step)
+    return _run(segments, plan, first, device, park, replay,
+                (lambda: bar.update(1)) if bar is not None else (lambda: None), meter)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import comfy.model_management
 
-from .segments import DOWN, UP, Segment, segment_steps
+from .segments import DOWN, UP, Segment, out_step, segment_steps
 
 TILE_MULTIPLE = 64
 MIN_TILE = 64
@@ -67,6 +67,25 @@ def choose_replay(segments: list[Segment], steps: list[int], height: int, width:
         if worst <= budget or any(current[level] == worst for level in replay):
             return replay  # fits, or the largest is a replayed level already: replaying more cannot help
         replay |= {level for level, size in current.items() if size == worst}
+
+
+def segment_owns(segments: list[Segment], start_step: int, owns: list, height: int, width: int) -> list[list]:
+    """The own regions each segment runs with: the whole image as one tile where that segment's whole
+    working size (channels x elements of its input and output) is no more than the largest a tile
+    already takes at some segment, else ``owns``. Low-resolution levels have few elements per channel,
+    so there one whole pass replaces the tiles and their halo recompute at no extra peak memory."""
+    tile_h = max(own[1] - own[0] for own in owns)
+    tile_w = max(own[3] - own[2] for own in owns)
+
+    def size(segment: Segment, step_in: int, h: int, w: int) -> int:
+        step_out = out_step(step_in, segment.resample)
+        c_in, c_out = segment.channels
+        return max(c_in * (h // step_in) * (w // step_in), c_out * (h // step_out) * (w // step_out))
+
+    steps = [start_step, *segment_steps(segments, start_step)][:-1]
+    budget = max(size(segment, step, tile_h, tile_w) for segment, step in zip(segments, steps))
+    whole = [(0, height, 0, width)]
+    return [whole if size(segment, step, height, width) <= budget else owns for segment, step in zip(segments, steps)]
 
 
 REPLAY_SHARE = 8  # lockstep may park up to 1/8 of the parking device's free memory; above, levels replay

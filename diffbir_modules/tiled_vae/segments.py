@@ -7,7 +7,7 @@ from collections.abc import Callable, Generator
 
 import torch
 
-from .network import request, resblock, silu
+from .network import request, resblock, silu_
 
 UP, SAME, DOWN = "up", "same", "down"
 TILE_HALO_PX = 16  # for memory estimates: the largest halo of a segment, in image pixels
@@ -44,7 +44,7 @@ def decoder_segments(dec) -> list[Segment]:
 
     def head(box: list) -> Generator:
         h, _ = yield request(dec.norm_out, box)
-        h = dec.conv_out(silu(h))
+        h = dec.conv_out(silu_(h))
         if getattr(dec, "tanh_out", False):
             h = torch.tanh(h)
         return h

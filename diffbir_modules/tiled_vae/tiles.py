@@ -57,11 +57,19 @@ class TiledMap:
 
     def cut(self, i: int, halo: int) -> torch.Tensor:
         """Tile ``i``'s own region plus ``halo`` elements from its neighbours (a new tensor)."""
-        region = self.region(i, halo)
+        return self._assemble(self.region(i, halo))
+
+    def _assemble(self, region) -> torch.Tensor:
         first = next(c for c in self.chunks if c is not None)
         out = first.new_empty((*first.shape[:2], region[1] - region[0], region[3] - region[2]))
         for j, chunk in enumerate(self.chunks):
             self._paste(out, region, self.own(j), chunk)
+        return out
+
+    def regrid(self, owns: list) -> TiledMap:
+        """The same map kept as other own regions (e.g. the whole image as one tile at a small level)."""
+        out = TiledMap(owns, self.step, self.height * self.step, self.width * self.step)
+        out.chunks = [self._assemble(out.own(i)) for i in range(len(owns))]
         return out
 
     def consume(self, halo: int) -> Generator:
