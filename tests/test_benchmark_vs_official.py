@@ -28,7 +28,7 @@ def test_report_ratios_medians_and_table():
     assert (step["official"], step["pack"]) == (6.0, 2.0)  # median of the rounds' median steps (4 and 8)
     text = rows["  text"]
     assert text["pack"] is None and text["ratio"] is None  # the pack's executor kept the encoding
-    assert rows["cold start: load + a 2-step restore"]["official"] == 75.0
+    assert rows["cold start: load + a 2-step restore (at 512 px at most)"]["official"] == 75.0
     assert abs(rows["peak RSS of the reported restore"]["pack"] - 7.0) < 1e-9
     assert "peak CUDA memory" not in rows
 
@@ -46,3 +46,10 @@ def test_input_image_is_a_quarter_of_the_size_and_differs_per_run():
         first, second = bench.input_image(size, 0), bench.input_image(size, 37)
         assert first.size == second.size == (size // 4, size // 4)
         assert not np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_warm_up_is_at_most_one_tile():
+    """The warm-up run loads the weights at 512 px at most (one tile of the tiled path), so a 2048 px
+    benchmark does not restore the large image twice; the reported run is at the size asked."""
+    assert bench.warm_up_then_run({"size": 2048, "steps": 10}) == ((0, 2, 512), (37, 10, 2048))
+    assert bench.warm_up_then_run({"size": 256, "steps": 4}) == ((0, 2, 256), (37, 4, 256))
