@@ -2,7 +2,8 @@
 JSON, driven through a headless ComfyUI server as a user runs it, must reproduce the official face loop's
 final 8-bit image on the same random weights, image and seed (tests/golden/end_to_end/faces_cases.json,
 made by tools/goldens/make_end_to_end.py: ``--task face`` and ``--task face_background`` of v2.1, ``--task
-face`` of v1).
+face`` of v1; and by tools/goldens/make_end_to_end_v1_wild.py: the v1 release's ``inference_face.py
+--bg_upsampler DiffBIR``).
 
 What the test sets in the workflow: the image, the step count, no downloads (the model files are the
 random test weights under the official file names, in a models folder of its own) and, for faces in
@@ -34,7 +35,7 @@ SIGMA_NODES = ("DiffBIRSpacedSigmas", "DiffBIREDMSigmas")
 # Bounds: compare() of tests/test_end_to_end_parity.py (derivation there). Measured (ComfyUI 0.3.75, torch
 # 2.13 CPU, 2 threads, goldens made on the same machine type): v2.1 aligned face max 1, mean 0.0002 levels
 # (0.024% of values differ); v2.1 faces in the wild max 1, mean 0.0004 (0.040%); v1 aligned face max 1,
-# mean < 0.0001 (0.003%).
+# mean < 0.0001 (0.003%); v1 faces in the wild max 1, mean 0.0001 (0.007%).
 
 
 def ckpt_copy(source: Path) -> Path:
@@ -65,6 +66,11 @@ def official_names_models(root: Path) -> Path:
             files["facedetection/detection_Resnet50_Final.pth"] = model_factory.face_model_file(
                 "retinaface_resnet50", case["retinaface_resnet50"])
             files["facedetection/parsing_parsenet.pth"] = model_factory.face_model_file("parsenet", case["parsenet"])
+        if "ircontrolnet_seeds" in case:  # v1 faces in the wild: the v1 face and general models differ
+            files["diffbir/v1_face.pth"] = model_factory.ircontrolnet_file("small", case["ircontrolnet_seeds"]["face"])
+            files["diffbir/v1_general.pth"] = model_factory.ircontrolnet_file(
+                "small", case["ircontrolnet_seeds"]["general"])
+            files["upscale_models/general_swinir_v1.ckpt"] = model_factory.stage1_file("general_swinir_v1.ckpt")
     for name, source in files.items():
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +118,7 @@ def shipped_prompt(server, case_id: str, case: dict) -> tuple[dict, str]:
 # values; the paste of the official face and background is bit-exact on 8 bits, up to 1 level off in float.
 # The pack fits on float32 points and, with official_quirks (the shipped setting), aligns and pastes on 8 bits.
 # Slow cases (several minutes each on 2 CPU cores): run on demand.
-SLOW = {"v21_faces_wild_x2", "v1_aligned_face_x1"}
+SLOW = {"v21_faces_wild_x2", "v1_aligned_face_x1", "v1_faces_wild_x2"}
 
 
 def case_param(case_id: str):

@@ -87,6 +87,8 @@ CASES["v21_faces_wild_x2"] = ("DiffBIR faces in the wild (v2.1)", "v2.1", "face_
 # resize and padding rules leave that size alone)
 CASES["v1_aligned_face_x1"] = ("DiffBIR v1 aligned face", "v1", "face", "SwinIRPipeline", "face_swinir_v1.ckpt",
                                "spaced", 1.0)
+# (v1's faces in the wild, v1_faces_wild_x2 in faces_cases.json, exists only in the v1 release's own tree:
+# make_end_to_end_v1_wild.py.)
 OPTIONS = {"v21_tiled_sr_x4": {"tiled": True}, "v21_swinir_sr_x4_batch2": {"n_samples": 2},
            "v21_aligned_face_x1": {"lq": "face_512"}, "v21_faces_wild_x2": {"lq": "astronaut_320"},
            "v1_aligned_face_x1": {"lq": "face_512"}}

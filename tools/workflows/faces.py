@@ -179,9 +179,9 @@ model; the result is resized to input size x upscale with LANCZOS, as v1 does. F
 already aligned use the *DiffBIR v1 aligned face* workflow.
 
 v1 has no unaligned-face preset of its own: two preset loaders load the face and the general models
-(the SD checkpoint is shared). Differences from the v1 script: the faces are detected on the upscaled
-photo rather than on its padded 512 px working copy (the same when the upscaled short side is 512 or more),
-and each sampler is seeded on its own (the script's background continues the faces' random stream).
+(the SD checkpoint is shared). Differences from the v1 script: faces are detected on the upscaled photo,
+not on its working copy (short side scaled up to 512, sides padded to multiples of 64: the same if already
+so), and each sampler is seeded on its own (the script's background continues the faces' random stream).
 """
 
 V1_ALIGNED_NOTE = """# DiffBIR v1: an aligned face
