@@ -105,10 +105,23 @@ def now() -> float:
     return time.perf_counter()
 
 
-class StageClock:
-    """Accumulates wall time and the peak memory per stage of one run."""
+# A child appends one JSON line per stage started and finished to this file (the driver names it), so
+# that a side killed part-way (out of memory, timeout) still reports where it died and what it finished.
+PROGRESS: Path | None = None
 
-    def __init__(self):
+
+def progress(phase: str, stage: str, event: str, **fields) -> None:
+    if PROGRESS is not None:
+        with PROGRESS.open("a") as handle:
+            handle.write(json.dumps({"phase": phase, "stage": stage, "event": event, "time": time.time(),
+                                     "rss": _vm("VmRSS"), **fields}) + "\n")
+
+
+class StageClock:
+    """Accumulates wall time and the peak memory per stage of one run (``phase``: warm_up or run)."""
+
+    def __init__(self, phase: str = "run"):
+        self.phase = phase
         self.stages: dict[str, dict] = {}
         self.steps: list[float] = []
 
@@ -121,11 +134,20 @@ class StageClock:
     def timed(self, stage: str, fn):
         def wrapper(*args, **kwargs):
             reset_peak()
+            progress(self.phase, stage, "start")
             start = now()
             out = fn(*args, **kwargs)
-            self.add(stage, now() - start, peak())
+            seconds, memory = now() - start, peak()
+            self.add(stage, seconds, memory)
+            progress(self.phase, stage, "end", s=seconds, peak_rss=memory.get("peak_rss"))
             return out
         return wrapper
+
+
+def steps_from_calls(calls: list[float], steps: int) -> list[float]:
+    """Seconds per sampling step from the official model calls' times (cond and uncond: a step's calls)."""
+    per_step = max(len(calls) // steps, 1)
+    return [sum(calls[i:i + per_step]) for i in range(0, len(calls), per_step)]
 
 
 def input_image(size: int, shift: int):
@@ -206,14 +228,22 @@ def official_child(spec: dict) -> dict:
     loop.args = type("Args", (), {"version": "v2.1", "upscale": 4.0})()
     pipe = pipelines.SwinIRPipeline(cleaner, cldm, diffusion, None, device)
     runs = []
-    for shift, steps, size in warm_up_then_run(spec):
-        clock = StageClock()
+    for phase, (shift, steps, size) in zip(("warm_up", "run"), warm_up_then_run(spec)):
+        clock = StageClock(phase)
         pipe.apply_cleaner = clock.timed("stage1", pipelines.SwinIRPipeline.apply_cleaner.__get__(pipe))
         cldm.clip.encode = clock.timed("text", type(cldm.clip).encode.__get__(cldm.clip))
         cldm.vae_encode = clock.timed("vae_encode", ControlLDM.vae_encode.__get__(cldm))
         cldm.vae_decode = clock.timed("vae_decode", ControlLDM.vae_decode.__get__(cldm))
         call_times.clear()
-        EDMSampler.sample = clock.timed("sampling", original_sample)
+        timed_sample = clock.timed("sampling", original_sample)
+
+        # (the loop's values bound as underscored defaults: the sampler takes a `steps` keyword itself)
+        def sample(*args, _phase=phase, _timed=timed_sample, _steps=steps, **kwargs):
+            out = _timed(*args, **kwargs)
+            progress(_phase, "sampling", "calls", calls=list(call_times), steps=_steps)
+            return out
+
+        EDMSampler.sample = sample
         lq = loop.after_load_lq(input_image(size, shift))
         tiled = spec["tiled"]
         positive, negative, cfg = spec["prompts"]
@@ -227,8 +257,7 @@ def official_child(spec: dict) -> dict:
         total = now() - start
         other = total - sum(v["s"] for v in clock.stages.values())
         clock.add("colour_fix_resize", max(other, 0.0), peak())
-        calls_per_step = len(call_times) // steps
-        clock.steps = [sum(call_times[i:i + calls_per_step]) for i in range(0, len(call_times), calls_per_step)]
+        clock.steps = steps_from_calls(call_times, steps)
         runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS"),
                      "output": list(np.asarray(out).shape)})
     return {"load": load, "run": runs[-1], "warm_up": runs[0]}
@@ -267,9 +296,20 @@ def pack_child(spec: dict) -> dict:
             super().__init__()
             self.events = []
 
+        phase, running = "warm_up", None  # running: (stage, start) of the node executing now
+
         def send_sync(self, event, data, sid=None):
-            self.events.append((now(), event, data, peak() if event == "executing" else None))
+            stamp, memory = now(), (peak() if event == "executing" else None)
+            self.events.append((stamp, event, data, memory))
             if event == "executing":
+                if self.running is not None:
+                    progress(self.phase, self.running[0], "end", s=stamp - self.running[1],
+                             peak_rss=memory.get("peak_rss"))
+                node = data.get("node")
+                self.running = None
+                if node is not None:
+                    self.running = (NODE_STAGES.get(prompt[node]["class_type"], "other"), stamp)
+                    progress(self.phase, self.running[0], "start", node=node)
                 reset_peak()
             super().send_sync(event, data, sid)
 
@@ -291,7 +331,8 @@ def pack_child(spec: dict) -> dict:
                                             "diffbir_modules.comfy_compat").executor_cache_args())
     load = None
     runs = []
-    for shift, steps, size in warm_up_then_run(spec):
+    for phase, (shift, steps, size) in zip(("warm_up", "run"), warm_up_then_run(spec)):
+        server.phase = phase
         name = f"benchmark_{shift}.png"
         input_image(size, shift).save(base / "input" / name)
         for node in prompt.values():
@@ -308,7 +349,7 @@ def pack_child(spec: dict) -> dict:
         if not executor.success:
             raise RuntimeError(f"the workflow failed: {executor.status_messages}")
         end_memory = peak()
-        clock = StageClock()
+        clock = StageClock(phase)
         current, started, sampling_steps = None, run_start, []
         for stamp, event, data, memory in [*server.events, (now(), "executing", {"node": None}, end_memory)]:
             if event == "executing":
@@ -344,6 +385,8 @@ def build_models(variant: str) -> dict:
 
 
 def run_side(side: str, spec: dict, timeout: float) -> dict:
+    """One side's results; a side that dies (killed for memory, timed out, failed) is reported as
+    ``failed`` with the stages it finished and the one it died in, and the benchmark goes on."""
     python = REPO / (".venv-official" if side == "official" else ".venv") / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"{python.parent.parent.name} is missing: run "
@@ -351,17 +394,61 @@ def run_side(side: str, spec: dict, timeout: float) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
     out = Path(handle.name).with_suffix(".out.json")
+    progress_file = out.with_suffix(".progress")
     try:
         subprocess.run([str(python), "-m", "scripts.benchmark_vs_official", "--child", side, handle.name, str(out)],
                        cwd=REPO, check=True, timeout=timeout)
         return json.loads(out.read_text())
+    except subprocess.CalledProcessError as error:
+        if error.returncode == -9:
+            how = "killed by signal 9 (SIGKILL: on Linux usually the out-of-memory killer)"
+        elif error.returncode < 0:
+            how = f"killed by signal {-error.returncode}"
+        else:
+            how = f"exited with status {error.returncode} (its error is printed above)"
+        return partial_result(how, progress_file, time.time())
+    except subprocess.TimeoutExpired:
+        return partial_result(f"stopped after the {timeout:.0f} s timeout", progress_file, time.time())
     finally:
-        Path(handle.name).unlink(missing_ok=True)
-        out.unlink(missing_ok=True)
+        for path in (Path(handle.name), out, progress_file):
+            path.unlink(missing_ok=True)
+
+
+def partial_result(how: str, progress_file: Path, ended: float) -> dict:
+    """What a side that died had finished, from its progress lines, in the children's format."""
+    events = [json.loads(line) for line in progress_file.read_text().splitlines()] if progress_file.exists() else []
+    phases: dict[str, dict] = {}
+    died_in = None
+    for e in events:
+        run = phases.setdefault(e["phase"], {"total_s": None, "stages": {}, "steps": [], "rss_after": None})
+        if e["event"] == "start":
+            died_in = (e["phase"], e["stage"], e["time"])
+        elif e["event"] == "end":
+            entry = run["stages"].setdefault(e["stage"], {"s": 0.0, "peak_rss": 0, "cuda_peak": 0})
+            entry["s"] += e["s"]
+            entry["peak_rss"] = max(entry["peak_rss"], e.get("peak_rss") or 0)
+            died_in = None
+        elif e["event"] == "calls":
+            run["steps"] = steps_from_calls(e["calls"], e["steps"])
+    where = ""
+    if died_in is not None:
+        last_rss = max((e["rss"] or 0) for e in events if e["phase"] == died_in[0])
+        where = (f" in {died_in[1]} of the {'reported' if died_in[0] == 'run' else 'warm-up'} run, "
+                 f"{ended - died_in[2]:.0f} s into that stage (resident memory at its last record "
+                 f"{last_rss / 1024 ** 3:.2f} GiB)")
+    return {"failed": how + where, "load": None, "warm_up": phases.get("warm_up"), "run": phases.get("run")}
 
 
 def median_of(results: list[dict], getter) -> float | None:
-    values = [v for v in (getter(r) for r in results) if v is not None]
+    """The median over rounds; a value a failed side never reached (None, or missing) is left out."""
+    values = []
+    for r in results:
+        try:
+            value = getter(r)
+        except (KeyError, TypeError, ValueError):  # a failed side's partial result lacks it
+            value = None
+        if value is not None:
+            values.append(value)
     return statistics.median(values) if values else None
 
 
@@ -380,7 +467,7 @@ def report(results: dict[str, list[dict]], spec: dict) -> dict:
     row("cold start: load + a 2-step restore (at 512 px at most)",
         lambda r: r["load"]["s"] + r["warm_up"]["total_s"], "s")
     gib = 1024 ** 3
-    row("peak RSS of the reported restore", lambda r: max(
+    row("peak RSS of the reported restore", lambda r: None if "failed" in r else max(
         v["peak_rss"] for v in r["run"]["stages"].values()) / gib, "GiB")
     row("RSS with weights loaded (after warm-up)", lambda r: (r["warm_up"]["rss_after"] or 0) / gib, "GiB")
     for stage in ("stage1", "vae_encode", "sampling", "vae_decode"):
@@ -388,7 +475,8 @@ def report(results: dict[str, list[dict]], spec: dict) -> dict:
             "GiB")
     if spec["device"] != "cpu":
         row("peak CUDA memory", lambda r: max(v["cuda_peak"] for v in r["run"]["stages"].values()) / gib, "GiB")
-    return {"rows": rows}
+    failed = {side: [r["failed"] for r in side_results if "failed" in r] for side, side_results in results.items()}
+    return {"rows": rows, "failed": {side: reasons for side, reasons in failed.items() if reasons}}
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -398,6 +486,8 @@ def markdown(summary: dict, meta: dict) -> str:
         official, pack = (("-" if v is None else f"{v:.2f} {r['unit']}") for v in (r["official"], r["pack"]))
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         lines.append(f"| {r['what']} | {official} | {pack} | {ratio} |")
+    for side, reasons in summary.get("failed", {}).items():
+        lines += ["", *(f"{side} did not finish: {reason}" for reason in reasons)]
     return "\n".join(lines)
 
 
@@ -413,15 +503,22 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per side and round")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmark_vs_official.json")
+    parser.add_argument("--sides", default="official,pack",
+                        help="which sides to run, comma separated (official, pack); the other's column stays empty")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         side, spec_path, out_path = args.child
         spec = json.loads(Path(spec_path).read_text())
+        global PROGRESS
+        PROGRESS = Path(out_path).with_suffix(".progress")
         result = (official_child if side == "official" else pack_child)(spec)
         Path(out_path).write_text(json.dumps(result))
         return 0
 
+    sides = [side for side in ("official", "pack") if side in args.sides.split(",")]
+    if not sides:
+        parser.error("--sides names neither official nor pack")
     models = build_models(args.variant)
     from diffbir_modules import prompts  # plain Python (no ComfyUI import): the official v2.1 prompts
 
@@ -433,11 +530,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="diffbir-bench-") as scratch:
         spec["scratch"] = scratch
         for round_index in range(args.rounds):
-            for side in ("official", "pack"):
+            for side in sides:
                 print(f"[{time.strftime('%H:%M:%S')}] round {round_index + 1}/{args.rounds}: {side}", flush=True)
                 results[side].append(run_side(side, spec, args.timeout))
     meta = {"date": time.strftime("%Y-%m-%d"), "device": f"{platform.machine()} CPU, {os.cpu_count()} cores"
-            if args.device == "cpu" else "cuda", "command": "python -m scripts.benchmark_vs_official " +
+            if args.device == "cpu" else "cuda",
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3, 1),
+            "command": "python -m scripts.benchmark_vs_official " +
             " ".join(argv if argv is not None else sys.argv[1:]), "load_average": os.getloadavg()}
     summary = report(results, spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)

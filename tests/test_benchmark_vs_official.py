@@ -4,6 +4,8 @@ code's environment and full-size models, so they are run by hand (docs/developme
 
 from __future__ import annotations
 
+import json
+
 from scripts import benchmark_vs_official as bench
 
 GIB = 1024 ** 3
@@ -53,3 +55,37 @@ def test_warm_up_is_at_most_one_tile():
     benchmark does not restore the large image twice; the reported run is at the size asked."""
     assert bench.warm_up_then_run({"size": 2048, "steps": 10}) == ((0, 2, 512), (37, 10, 2048))
     assert bench.warm_up_then_run({"size": 256, "steps": 4}) == ((0, 2, 256), (37, 4, 256))
+
+
+def test_a_side_that_dies_is_reported_with_what_it_finished(tmp_path):
+    """A side killed part-way (the official tiled path at 2048 px ran out of memory on a 24 GiB
+    machine) keeps the stages it finished and says where it died; the benchmark does not crash."""
+    lines = [
+        {"phase": "warm_up", "stage": "stage1", "event": "start", "time": 0.0, "rss": GIB},
+        {"phase": "warm_up", "stage": "stage1", "event": "end", "time": 1.0, "rss": GIB, "s": 1.0, "peak_rss": GIB},
+        {"phase": "run", "stage": "stage1", "event": "start", "time": 10.0, "rss": GIB},
+        {"phase": "run", "stage": "stage1", "event": "end", "time": 13.0, "rss": 2 * GIB, "s": 3.0,
+         "peak_rss": 3 * GIB},
+        {"phase": "run", "stage": "sampling", "event": "start", "time": 13.0, "rss": 2 * GIB},
+        {"phase": "run", "stage": "sampling", "event": "end", "time": 33.0, "rss": 2 * GIB, "s": 20.0,
+         "peak_rss": 4 * GIB},
+        {"phase": "run", "stage": "sampling", "event": "calls", "time": 33.0, "rss": 2 * GIB,
+         "calls": [4.0, 5.0, 5.0, 6.0], "steps": 2},
+        {"phase": "run", "stage": "vae_decode", "event": "start", "time": 33.0, "rss": 20 * GIB},
+    ]
+    progress = tmp_path / "side.progress"
+    progress.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dead = bench.partial_result("killed by signal 9", progress, ended=40.0)
+    assert dead["failed"].startswith("killed by signal 9 in vae_decode of the reported run, 7 s into that stage")
+    assert "20.00 GiB" in dead["failed"]
+    assert dead["run"]["stages"]["sampling"]["s"] == 20.0 and dead["run"]["steps"] == [9.0, 11.0]
+    assert "vae_decode" not in dead["run"]["stages"]
+
+    summary = bench.report({"official": [dead], "pack": [result(1.0, [1.0, 2.0, 2.0])]}, {"device": "cpu"})
+    rows = {r["what"]: r for r in summary["rows"]}
+    assert rows["whole restore (weights loaded)"]["official"] is None  # never finished
+    assert rows["peak RSS of the reported restore"]["official"] is None  # not a finished stage's peak
+    assert rows["per cfg step (median)"]["official"] == 10.0 and rows["  sampling"]["official"] == 20.0
+    assert summary["failed"] == {"official": [dead["failed"]]}
+    assert "official did not finish: killed by signal 9 in vae_decode" in bench.markdown(summary, {
+        "date": "d", "device": "cpu", "command": "c"})
