@@ -150,6 +150,20 @@ def steps_from_calls(calls: list[float], steps: int) -> list[float]:
     return [sum(calls[i:i + per_step]) for i in range(0, len(calls), per_step)]
 
 
+def step_times(progress_events: list[tuple[float, int, int]], steps: int) -> list[float]:
+    """Seconds per sampling step from the pack's progress events (time, value, total) while sampling:
+    steps 2..N (no event marks the start of step 1). The sampler's bar counts steps; tiled sampling's
+    counts tiles x steps on the same scale, so a step has ended when the completed fraction reaches
+    the next whole step."""
+    ends, done = [], 0
+    for stamp, value, total in progress_events:
+        reached = value * steps // max(total, 1)
+        if reached > done:
+            done = reached
+            ends.append(stamp)
+    return [b - a for a, b in zip(ends, ends[1:])]
+
+
 def input_image(size: int, shift: int):
     """The low-quality input of one run, ``size / 4`` px square, from scikit-image's 512 px astronaut.
 
@@ -325,7 +339,8 @@ def pack_child(spec: dict) -> dict:
             inputs["model_name"] = Path(spec["stage1"]).name
     server = TimedServer()
     comfy_utils.set_progress_bar_global_hook(
-        lambda value, total, preview, node_id=None: server.events.append((now(), "progress", {"value": value}, None)))
+        lambda value, total, preview, node_id=None: server.events.append(
+            (now(), "progress", {"value": value, "total": total}, None)))
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
                                         cache_args=comfy_inprocess.pack_module(
                                             "diffbir_modules.comfy_compat").executor_cache_args())
@@ -350,7 +365,7 @@ def pack_child(spec: dict) -> dict:
             raise RuntimeError(f"the workflow failed: {executor.status_messages}")
         end_memory = peak()
         clock = StageClock(phase)
-        current, started, sampling_steps = None, run_start, []
+        current, started, progress_events = None, run_start, []
         for stamp, event, data, memory in [*server.events, (now(), "executing", {"node": None}, end_memory)]:
             if event == "executing":
                 if current is not None:
@@ -359,8 +374,8 @@ def pack_child(spec: dict) -> dict:
                 current, started = data.get("node"), stamp
             elif event == "progress" and current is not None and \
                     NODE_STAGES.get(prompt[current]["class_type"]) == "sampling":
-                sampling_steps.append(stamp)
-        clock.steps = [b - a for a, b in zip(sampling_steps, sampling_steps[1:])]
+                progress_events.append((stamp, data["value"], data["total"]))
+        clock.steps = step_times(progress_events, steps)
         if load is None:  # ComfyUI started; it reads the weights during the first run
             load = {"s": run_start - start}
         runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS")})

@@ -89,3 +89,17 @@ def test_a_side_that_dies_is_reported_with_what_it_finished(tmp_path):
     assert summary["failed"] == {"official": [dead["failed"]]}
     assert "official did not finish: killed by signal 9 in vae_decode" in bench.markdown(summary, {
         "date": "d", "device": "cpu", "command": "c"})
+
+
+def test_step_times_from_the_sampler_and_tiled_progress_bars():
+    """Tiled sampling reports tiles x steps on the sampler's bar (5 tile batches of 9 windows here)
+    beside the sampler's own step events: only whole steps count. Measured at 2048 px before this,
+    the per-step figure was the time of one tile batch."""
+    sampler = [(10.0, 1, 3), (25.0, 2, 3), (37.0, 3, 3)]
+    assert bench.step_times(sampler, 3) == [15.0, 12.0]
+    tiled = []
+    for step in range(2):
+        for k, window in enumerate((2, 4, 6, 8, 9)):
+            tiled.append((100.0 * step + 20.0 * (k + 1), 9 * step + window, 18))
+        tiled.append((100.0 * step + 100.0, step + 1, 2))  # the sampler's step event
+    assert bench.step_times(tiled, 2) == [100.0]
