@@ -548,11 +548,13 @@ def main(argv=None) -> int:
             for side in sides:
                 print(f"[{time.strftime('%H:%M:%S')}] round {round_index + 1}/{args.rounds}: {side}", flush=True)
                 results[side].append(run_side(side, spec, args.timeout))
+    arguments = argv if argv is not None else sys.argv[1:]
     meta = {"date": time.strftime("%Y-%m-%d"), "device": f"{platform.machine()} CPU, {os.cpu_count()} cores"
             if args.device == "cpu" else "cuda",
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3, 1),
-            "command": "python -m scripts.benchmark_vs_official " +
-            " ".join(argv if argv is not None else sys.argv[1:]), "load_average": os.getloadavg()}
+            "command": "python -m scripts.benchmark_vs_official " + " ".join(  # --out by file name only
+                str(Path(a).name) if previous == "--out" else a
+                for previous, a in zip(["", *arguments], arguments)), "load_average": os.getloadavg()}
     summary = report(results, spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # the report names the model files, not where this machine keeps them
