@@ -461,6 +461,8 @@ def median_of(results: list[dict], getter) -> float | None:
         try:
             value = getter(r)
         except (KeyError, TypeError, ValueError):  # a failed side's partial result lacks it
+            if "failed" not in r:
+                raise
             value = None
         if value is not None:
             values.append(value)

@@ -93,8 +93,7 @@ def test_a_side_that_dies_is_reported_with_what_it_finished(tmp_path):
 
 def test_step_times_from_the_sampler_and_tiled_progress_bars():
     """Tiled sampling reports tiles x steps on the sampler's bar (5 tile batches of 9 windows here)
-    beside the sampler's own step events: only whole steps count. Measured at 2048 px before this,
-    the per-step figure was the time of one tile batch."""
+    beside the sampler's own step events: only whole steps count, not tile batches."""
     sampler = [(10.0, 1, 3), (25.0, 2, 3), (37.0, 3, 3)]
     assert bench.step_times(sampler, 3) == [15.0, 12.0]
     tiled = []

@@ -65,6 +65,7 @@ import torch
 from PIL import Image
 
 from devkit import model_factory
+from diffbir_modules import host_memory
 from tools.goldens import official
 from tools.goldens.make_end_to_end import OUT, SEED, STEPS, UNET, WILD_CONFIDENCE, WILD_SEEDS, face_networks, lq_image
 
@@ -88,26 +89,23 @@ def log(*args):
     print(f"[{time.strftime('%H:%M:%S')} rss {now:.1f} peak {peak:.1f} GiB]", *args, flush=True)
 
 
-def release_freed_memory(setup: bool = False) -> None:
-    """glibc keeps freed tensors' memory in its heap (its mmap threshold rises after the first large
-    free), so each model built and dropped would add gigabytes of resident memory: ``setup`` fixes the
-    threshold (large blocks are mapped, and unmapped when freed); otherwise hands free heap pages back.
-    No effect on results; a no-op without glibc."""
+def fix_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after the first large free, so each model built and dropped
+    would stay in the heap: fixed at 1 MiB, large blocks are mapped and unmapped when freed. No effect
+    on results; a no-op without glibc."""
     import ctypes
     import ctypes.util
 
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
     try:
-        libc = ctypes.CDLL(name)
-        if setup:
-            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB, fixed
-        else:
-            libc.malloc_trim(0)
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def release_freed_memory() -> None:
+    """Drops unreachable objects and hands the free heap pages back (the pack's host_memory)."""
+    gc.collect()
+    host_memory.release()
 
 
 def stub_unused_imports() -> None:
@@ -280,7 +278,7 @@ def run(lq_path: Path, config: Path, face_ckpt: Path, general_ckpt: Path) -> tup
 
 
 def main():
-    release_freed_memory(setup=True)
+    fix_mmap_threshold()
     root = official.activate("v1a")
     stub_unused_imports()
     torch.set_num_threads(2)
