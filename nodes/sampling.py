@@ -43,8 +43,9 @@ class DiffBIRModelSampling(io.ComfyNode):
                                    "sub-quadratic), the UNet runs torch's fused scaled-dot-product attention "
                                    "instead, as the official DiffBIR code does (same maths; the UNet took about a "
                                    "quarter less CPU time at 512 px). A faster kernel you chose (xformers, flash, "
-                                   "sage, --use-pytorch-cross-attention) is kept. comfyui: leave ComfyUI's choice "
-                                   "alone.")),
+                                   "sage, --use-pytorch-cross-attention) is kept. On a CPU the first self-attention, "
+                                   "equal for cond and uncond under cfg, runs once for both (same result, bit for "
+                                   "bit). comfyui: leave ComfyUI's choice alone.")),
             ],
             outputs=[io.Model.Output(tooltip=(
                 "The same model with DiffBIR's schedule and prediction type (and the attention kernel chosen "

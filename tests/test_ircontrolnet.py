@@ -567,6 +567,31 @@ def test_half_precision_storage_with_manual_cast(comfy, irc, tiny_models, prompt
         assert (a - b).abs().max() < 0.03 * a.abs().max()
 
 
+def test_equal_cfg_halves_share_the_first_self_attention(comfy, irc, monkeypatch):
+    """cond and uncond with one noisy latent, timestep and condition: the first self-attention runs once
+    for both halves (diffbir_modules/attention.py) and the residuals have the same bits as without."""
+    from comfy.ldm.modules import attention
+
+    shared = comfy.pack_module("diffbir_modules.attention")
+    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
+    verdicts = []
+    equal_halves = shared._equal_halves
+    monkeypatch.setattr(shared, "_equal_halves", lambda *t: verdicts.append(equal_halves(*t)) or verdicts[-1])
+    sd = model_factory.ircontrolnet_state_dict("tiny")
+    net = irc.IRControlNet(irc.config_from_state_dict(sd))
+    net.load_state_dict(sd, strict=False)
+    g = torch.Generator().manual_seed(2)
+    x, hint = torch.randn(1, 4, 16, 16, generator=g).repeat(2, 1, 1, 1), torch.randn(1, 4, 16, 16, generator=g)
+    t, context = torch.tensor([300.0, 300.0]), torch.randn(2, 77, 1024, generator=g)
+    with torch.inference_mode():
+        out = net(x, hint.repeat(2, 1, 1, 1), t, context)
+        assert verdicts.count(True) == 1
+        monkeypatch.setattr(irc.network, "fast_attention_options", lambda: {})
+        plain = net(x, hint.repeat(2, 1, 1, 1), t, context)
+    for a, b in zip(out["output"] + out["middle"], plain["output"] + plain["middle"]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("global_choice", ["attention_split", "attention_sub_quad", "attention_pytorch"])
 def test_attention_is_sdpa_whatever_the_global_cpu_choice(comfy, irc, monkeypatch, global_choice):
     """The IRControlNet's own attention runs torch's scaled_dot_product_attention when ComfyUI's global
