@@ -15,3 +15,10 @@ def test_benchmark_vae_small_run(comfy):
     # exact tiles: the tiled-VAE tests measure <= 1.7e-5 relative (latent) and 2.2e-3 / 255 (image)
     assert row["encode_max_relative_difference"] < 1e-4
     assert row["decode_max_difference"] < 1e-4
+
+
+def test_benchmark_vae_exact_only(comfy):
+    """--exact-only times the exact tiles alone (no ComfyUI side, no ratios)."""
+    row = benchmark_vae.measure([128], tile=64, rounds=1, threads=2, exact_only=True)["sizes"]["128"]
+    assert set(row["seconds"]) == {"exact_encode", "exact_decode"} and min(row["seconds"].values()) > 0
+    assert set(row["peak_above_start_gib"]) == {"exact_encode", "exact_decode"}
