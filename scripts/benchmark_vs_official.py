@@ -5,6 +5,7 @@ time and peak memory for both and their ratios (pack / official: below 1 is fast
     .venv/bin/python -m scripts.benchmark_vs_official                      # 512x512 v2.1 x4, 10 steps, CPU
     .venv/bin/python -m scripts.benchmark_vs_official --size 2048 --tiled  # large image, tiled both sides
     .venv/bin/python -m scripts.benchmark_vs_official --variant small --steps 2 --size 256   # quick check
+    .venv/bin/python -m scripts.benchmark_vs_official --sides pack --comfy-args=--bf16-unet  # a ComfyUI option
 
 Needs the official code's environment beside the pack's (``scripts/setup.sh``): ``.venv-official``
 (``tools/goldens/setup.sh``) and a clone of the official repository (tools/goldens/official.py says
@@ -17,7 +18,8 @@ What runs, per side, in a fresh process each (so peak memory is its own), sides 
   bicubic resize), fp32 on the CPU (``--precision`` on a GPU);
 - the pack: the shipped workflow "DiffBIR v2.1 super-resolution (SwinIR)" (or "... large images
   (tiled)" with ``--tiled``) as a user gets it, executed by ComfyUI's own executor in process with
-  ComfyUI's default settings (its text encoder in fp16 included).
+  ComfyUI's default settings (its text encoder in fp16 included), or with ``--comfy-args`` added to
+  its command line (to measure what a ComfyUI option does).
 Each process restores twice (two different crops): a two-step warm-up run that loads the weights
 (the official DPM++ 3M SDE fails with one step; at 512 px output at most, one tile of the tiled path,
 so that a large size is not restored twice), then the reported run (weights loaded, as in a
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -295,7 +298,7 @@ def pack_child(spec: dict) -> dict:
             link.symlink_to(source)
     reset_peak()
     start = now()
-    comfy_inprocess.start(base, models, cpu=spec["device"] == "cpu")
+    comfy_inprocess.start(base, models, cpu=spec["device"] == "cpu", extra_args=spec["comfy_args"])
     import execution
     from comfy import utils as comfy_utils
 
@@ -379,6 +382,9 @@ def pack_child(spec: dict) -> dict:
         if load is None:  # ComfyUI started; it reads the weights during the first run
             load = {"s": run_start - start}
         runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS")})
+    if spec.get("image_out"):  # the reported run's image: the newest one SaveImage wrote
+        saved = max((base / "output").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+        shutil.copyfile(saved, spec["image_out"])
     return {"load": load, "run": runs[-1], "warm_up": runs[0]}
 
 
@@ -520,6 +526,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per side and round")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmark_vs_official.json")
+    parser.add_argument("--comfy-args", default="", metavar="ARGS",
+                        help="the pack side's extra ComfyUI options, written with =, e.g. --comfy-args=--bf16-unet")
+    parser.add_argument("--save-image", action="store_true",
+                        help="keep the pack's final image beside --out (same name, .png): to compare options")
     parser.add_argument("--sides", default="official,pack",
                         help="which sides to run, comma separated (official, pack); the other's column stays empty")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -541,6 +551,8 @@ def main(argv=None) -> int:
 
     spec = dict(models, size=args.size, steps=args.steps, tiled=args.tiled, variant=args.variant,
                 device=args.device, precision=args.precision, threads=args.threads,
+                comfy_args=args.comfy_args.split(),
+                image_out=str(args.out.with_suffix(".png").resolve()) if args.save_image else None,
                 prompts=list(prompts.default_prompts("v2.1")),
                 official_unet=dict(channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2]))
     results = {"official": [], "pack": []}
@@ -560,7 +572,8 @@ def main(argv=None) -> int:
     summary = report(results, spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # the report names the model files, not where this machine keeps them
-    shown = {k: Path(v).name if k in MODEL_FILES else v for k, v in spec.items() if k != "scratch"}
+    shown = {k: Path(v).name if k in MODEL_FILES + ("image_out",) and v else v
+             for k, v in spec.items() if k != "scratch"}
     args.out.write_text(json.dumps({"meta": meta, "spec": shown, "summary": summary, "results": results}, indent=1))
     print(markdown(summary, meta))
     return 0

@@ -102,3 +102,21 @@ def test_step_times_from_the_sampler_and_tiled_progress_bars():
             tiled.append((100.0 * step + 20.0 * (k + 1), 9 * step + window, 18))
         tiled.append((100.0 * step + 100.0, step + 1, 2))  # the sampler's step event
     assert bench.step_times(tiled, 2) == [100.0]
+
+
+def test_comfy_options_and_the_saved_image_reach_the_pack_side(tmp_path, monkeypatch):
+    """--comfy-args goes to the pack's ComfyUI command line and --save-image asks for the image beside
+    --out; the report records both, the image by file name only (no machine paths in the report)."""
+    seen = []
+    monkeypatch.setattr(bench, "build_models", lambda variant: {"checkpoint": str(tmp_path / "sd.safetensors")})
+    monkeypatch.setattr(bench, "run_side", lambda side, spec, timeout: seen.append((side, dict(spec))) or result(
+        1.0, [1.0]))
+    out = tmp_path / "flags.json"
+    assert bench.main(["--sides", "pack", "--comfy-args=--bf16-unet --use-pytorch-cross-attention",
+                       "--save-image", "--out", str(out)]) == 0
+    [(side, spec)] = seen
+    assert side == "pack" and spec["comfy_args"] == ["--bf16-unet", "--use-pytorch-cross-attention"]
+    assert spec["image_out"] == str(out.with_suffix(".png").resolve())
+    shown = json.loads(out.read_text())["spec"]
+    assert shown["image_out"] == "flags.png" and shown["checkpoint"] == "sd.safetensors"
+    assert shown["comfy_args"] == ["--bf16-unet", "--use-pytorch-cross-attention"]
