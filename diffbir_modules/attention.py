@@ -9,9 +9,9 @@ The same maths either way; only the summation order differs (about 1e-6 of the l
 Cond and uncond share one batch under cfg, [cond..., uncond...], with the same noisy latent, timestep
 and condition latent: up to the first cross-attention the two halves are equal bit for bit, so the
 first self-attention of the UNet and of the IRControlNet (the largest ones, at 1/8 of the image
-resolution) is computed once for both halves. The result is the same bits; about 3 % of a cfg step on
-a CPU. Only on the CPU: comparing the halves there costs microseconds, on a GPU it would stall the
-queue of kernels on every attention call.
+resolution) is computed once for both halves. The result is the same bits; 2.6 % of a cfg model call at
+512 px on a 2-core CPU (README). Only on the CPU: comparing the halves there costs microseconds, on a
+GPU it would stall the queue of kernels on every attention call.
 """
 
 from __future__ import annotations

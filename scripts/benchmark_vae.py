@@ -86,24 +86,22 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
         runs, peaks = record.seconds, record.peaks
         medians = {key: statistics.median(values) for key, values in runs.items()}
         cpu = {key: statistics.median(values) for key, values in record.cpu_seconds.items()}
-        if exact_only:
-            report["sizes"][str(size)] = {
-                "seconds": {key: round(value, 2) for key, value in medians.items()},
-                "cpu_seconds": {key: round(value, 2) for key, value in cpu.items()},
-                "peak_above_start_gib": {key: round(value / 2**30, 3) for key, value in peaks.items()}}
-            continue
-        report["sizes"][str(size)] = {
+        row = {
             "seconds": {key: round(value, 2) for key, value in medians.items()},
             "all_seconds": {key: [round(v, 2) for v in values] for key, values in runs.items()},
             "cpu_seconds": {key: round(value, 2) for key, value in cpu.items()},
-            "encode_cpu_ratio": round(cpu["exact_encode"] / cpu["comfyui_encode"], 2),
-            "decode_cpu_ratio": round(cpu["exact_decode"] / cpu["comfyui_decode"], 2),
             "peak_above_start_gib": {key: round(value / 2**30, 3) for key, value in peaks.items()},
-            "encode_ratio": round(medians["exact_encode"] / medians["comfyui_encode"], 2),
-            "decode_ratio": round(medians["exact_decode"] / medians["comfyui_decode"], 2),
-            "encode_max_relative_difference": encode_error,
-            "decode_max_difference": decode_error,
         }
+        if not exact_only:
+            row.update({
+                "encode_cpu_ratio": round(cpu["exact_encode"] / cpu["comfyui_encode"], 2),
+                "decode_cpu_ratio": round(cpu["exact_decode"] / cpu["comfyui_decode"], 2),
+                "encode_ratio": round(medians["exact_encode"] / medians["comfyui_encode"], 2),
+                "decode_ratio": round(medians["exact_decode"] / medians["comfyui_decode"], 2),
+                "encode_max_relative_difference": encode_error,
+                "decode_max_difference": decode_error,
+            })
+        report["sizes"][str(size)] = row
     report["load_average_at_end"] = os.getloadavg()
     return report
 
