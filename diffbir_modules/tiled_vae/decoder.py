@@ -12,7 +12,7 @@ import torch
 from .. import comfy_compat
 from .engine import Meter, run_tiled
 from .network import decoder_blocks, mid_attention, untiled_progress
-from .planning import check_supported, devices, load_and_pick_tile, replay_levels, validate_tile
+from .planning import check_supported, devices, load_and_pick_tile, replay_levels, tile_layout, validate_tile
 from .segments import TILE_HALO_PX, decoder_segments, passes
 from .tiles import TiledMap, tile_regions
 
@@ -65,7 +65,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
             x = dec.mid.block_1(x, None)
             x = mid_attention(dec.mid.attn_1, x)
             x = dec.mid.block_2(x, None).to(park)
-            first = TiledMap(owns, 8, h * 8, w * 8)
+            first = TiledMap(owns, 8, h * 8, w * 8, tile_layout(device))
             for j in range(len(owns)):
                 t, bo, le, r = first.own(j)
                 first.chunks[j] = x[..., t:bo, le:r]

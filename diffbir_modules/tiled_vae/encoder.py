@@ -10,7 +10,7 @@ import torch
 
 from .engine import Meter, run_tiled
 from .network import encoder_blocks, mid_attention, silu, untiled_progress
-from .planning import check_supported, devices, load_and_pick_tile, replay_levels, validate_tile
+from .planning import check_supported, devices, load_and_pick_tile, replay_levels, tile_layout, validate_tile
 from .segments import TILE_HALO_PX, encoder_segments, passes
 from .tiles import TiledMap, tile_regions
 
@@ -53,14 +53,14 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
     for i in range(b):
         with torch.inference_mode():
             x = vae.process_input(pixels[i:i + 1].movedim(-1, 1)).to(device=park, dtype=dtype)
-            first = TiledMap(owns, 1, h, w)
+            first = TiledMap(owns, 1, h, w, tile_layout(device))
             for j in range(len(owns)):
                 t, bo, le, r = first.own(j)
                 first.chunks[j] = x[..., t:bo, le:r]
             del x
             features = run_tiled(segments, first, device, park, levels, bar, meter)
             feature = torch.empty((1, features.chunks[0].shape[1], h // 8, w // 8), dtype=features.chunks[0].dtype,
-                                  device=device)
+                                  device=device, memory_format=first.memory_format)
             for j in range(len(features.owns)):
                 t, bo, le, r = features.own(j)
                 feature[..., t:bo, le:r] = features.chunks[j].to(device)

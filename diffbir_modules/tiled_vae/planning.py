@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import comfy.model_management
+import torch
 
 from .segments import DOWN, UP, Segment, out_step, segment_steps
 
@@ -92,6 +93,14 @@ def segment_owns(segments: list[Segment], start_step: int, owns: list, height: i
 
 
 REPLAY_SHARE = 8  # lockstep may park up to 1/8 of the parking device's free memory; above, levels replay
+
+
+def tile_layout(device: torch.device) -> torch.memory_format:
+    """The tiles' memory layout. On a CPU channels-last: oneDNN's convolutions of the SD VAE ran
+    1.1-2x faster in it than in the default layout (1.3x for the 128-channel full-resolution ones
+    that dominate; docs/tiling.md), and ComfyUI's own encode already runs in it (its input is the
+    IMAGE's [B, H, W, C] memory seen as [B, C, H, W]). Elsewhere the default layout (not measured)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def devices(vae):

@@ -34,12 +34,18 @@ def _intersect(a, b):
 
 class TiledMap:
     """A whole-image feature map [1, C, H/step, W/step] kept as the tiles' own regions: one chunk per
-    tile, no overlap, so it takes exactly the memory of the untiled map. ``owns`` in image pixels."""
+    tile, no overlap, so it takes exactly the memory of the untiled map. ``owns`` in image pixels;
+    the tiles cut from it are laid out in ``memory_format`` (see ``planning.tile_layout``)."""
 
-    def __init__(self, owns: list, step: int, height: int, width: int):
-        self.owns, self.step = owns, step
+    def __init__(self, owns: list, step: int, height: int, width: int,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.owns, self.step, self.memory_format = owns, step, memory_format
         self.height, self.width = height // step, width // step
         self.chunks: list[torch.Tensor | None] = [None] * len(owns)
+
+    def _empty(self, like: torch.Tensor, region) -> torch.Tensor:
+        return torch.empty((*like.shape[:2], region[1] - region[0], region[3] - region[2]), dtype=like.dtype,
+                           device=like.device, memory_format=self.memory_format)
 
     def own(self, i: int):
         return _scaled(self.owns[i], self.step)
@@ -60,15 +66,14 @@ class TiledMap:
         return self._assemble(self.region(i, halo))
 
     def _assemble(self, region) -> torch.Tensor:
-        first = next(c for c in self.chunks if c is not None)
-        out = first.new_empty((*first.shape[:2], region[1] - region[0], region[3] - region[2]))
+        out = self._empty(next(c for c in self.chunks if c is not None), region)
         for j, chunk in enumerate(self.chunks):
             self._paste(out, region, self.own(j), chunk)
         return out
 
     def regrid(self, owns: list) -> TiledMap:
         """The same map kept as other own regions (e.g. the whole image as one tile at a small level)."""
-        out = TiledMap(owns, self.step, self.height * self.step, self.width * self.step)
+        out = TiledMap(owns, self.step, self.height * self.step, self.width * self.step, self.memory_format)
         out.chunks = [self._assemble(out.own(i)) for i in range(len(owns))]
         return out
 
@@ -89,7 +94,7 @@ class TiledMap:
         for i in range(len(self.owns)):
             region = self.region(i, halo)
             chunk = self.chunks[i]
-            out = chunk.new_empty((*chunk.shape[:2], region[1] - region[0], region[3] - region[2]))
+            out = self._empty(chunk, region)
             self._paste(out, region, self.own(i), chunk)
             for part, strip in strips[i]:
                 self._paste(out, region, part, strip)
