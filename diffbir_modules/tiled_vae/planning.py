@@ -97,7 +97,7 @@ REPLAY_SHARE = 8  # lockstep may park up to 1/8 of the parking device's free mem
 
 def tile_layout(device: torch.device) -> torch.memory_format:
     """The tiles' memory layout. On a CPU channels-last: oneDNN's convolutions of the SD VAE ran
-    1.1-2x faster in it than in the default layout (1.3x for the 128-channel full-resolution ones
+    1.04-2x faster in it than in the default layout (1.3x for the 128-channel full-resolution ones
     that dominate; docs/tiling.md), and ComfyUI's own encode already runs in it (its input is the
     IMAGE's [B, H, W, C] memory seen as [B, C, H, W]). Elsewhere the default layout (not measured)."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
