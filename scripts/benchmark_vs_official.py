@@ -19,7 +19,8 @@ What runs, per side, in a fresh process each (so peak memory is its own), sides 
 - the pack: the shipped workflow "DiffBIR v2.1 super-resolution (SwinIR)" (or "... large images
   (tiled)" with ``--tiled``) as a user gets it, executed by ComfyUI's own executor in process with
   ComfyUI's default settings (its text encoder in fp16 included), or with ``--comfy-args`` added to
-  its command line (to measure what a ComfyUI option does).
+  its command line (to measure what a ComfyUI option does). The prompt runs in a thread of its own, as in
+  ComfyUI's server. ``--env`` sets environment variables for both sides (glibc's malloc tunables, say).
 Each process restores twice (two different crops): a two-step warm-up run that loads the weights
 (the official DPM++ 3M SDE fails with one step; at 512 px output at most, one tile of the tiled path,
 so that a large size is not restored twice), then the reported run (weights loaded, as in a
@@ -44,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -362,7 +364,12 @@ def pack_child(spec: dict) -> dict:
         reset_peak()
         run_start = now()
         targets = [k for k, n in prompt.items() if n["class_type"] == "SaveImage"]
-        executor.execute(prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets)
+        # In a thread of its own, as ComfyUI's server runs prompts (main.py's prompt_worker): on Linux, glibc
+        # gives such a thread its own malloc arena, whose allocations behave unlike the main thread's.
+        worker = threading.Thread(target=executor.execute,
+                                  args=(prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets))
+        worker.start()
+        worker.join()
         total = now() - run_start
         if not executor.success:
             raise RuntimeError(f"the workflow failed: {executor.status_messages}")
@@ -418,7 +425,7 @@ def run_side(side: str, spec: dict, timeout: float) -> dict:
     progress_file = out.with_suffix(".progress")
     try:
         subprocess.run([str(python), "-m", "scripts.benchmark_vs_official", "--child", side, handle.name, str(out)],
-                       cwd=REPO, check=True, timeout=timeout)
+                       cwd=REPO, check=True, timeout=timeout, env={**os.environ, **spec["env"]})
         return json.loads(out.read_text())
     except subprocess.CalledProcessError as error:
         if error.returncode == -9:
@@ -528,6 +535,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmark_vs_official.json")
     parser.add_argument("--comfy-args", default="", metavar="ARGS",
                         help="the pack side's extra ComfyUI options, written with =, e.g. --comfy-args=--bf16-unet")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for both sides' processes (repeatable), e.g. "
+                             "--env GLIBC_TUNABLES=glibc.malloc.arena_max=1")
     parser.add_argument("--save-image", action="store_true",
                         help="keep the pack's final image beside --out (same name, .png): to compare options")
     parser.add_argument("--sides", default="official,pack",
@@ -546,12 +556,14 @@ def main(argv=None) -> int:
     sides = [side for side in ("official", "pack") if side in args.sides.split(",")]
     if not sides:
         parser.error("--sides names neither official nor pack")
+    if any("=" not in item for item in args.env):
+        parser.error("--env takes NAME=VALUE")
     models = build_models(args.variant)
     from diffbir_modules import prompts  # plain Python (no ComfyUI import): the official v2.1 prompts
 
     spec = dict(models, size=args.size, steps=args.steps, tiled=args.tiled, variant=args.variant,
                 device=args.device, precision=args.precision, threads=args.threads,
-                comfy_args=args.comfy_args.split(),
+                comfy_args=args.comfy_args.split(), env=dict(item.split("=", 1) for item in args.env),
                 image_out=str(args.out.with_suffix(".png").resolve()) if args.save_image else None,
                 prompts=list(prompts.default_prompts("v2.1")),
                 official_unet=dict(channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2]))

@@ -5,6 +5,9 @@ code's environment and full-size models, so they are run by hand (docs/developme
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from scripts import benchmark_vs_official as bench
 
@@ -120,3 +123,23 @@ def test_comfy_options_and_the_saved_image_reach_the_pack_side(tmp_path, monkeyp
     shown = json.loads(out.read_text())["spec"]
     assert shown["image_out"] == "flags.png" and shown["checkpoint"] == "sd.safetensors"
     assert shown["comfy_args"] == ["--bf16-unet", "--use-pytorch-cross-attention"]
+
+
+def test_env_reaches_the_side_process(tmp_path, monkeypatch):
+    """--env NAME=VALUE is set in the side's process environment (on top of this one's); without = it is refused."""
+    seen = []
+    monkeypatch.setattr(bench, "build_models", lambda variant: {"checkpoint": str(tmp_path / "sd.safetensors")})
+
+    def fake_run(command, env, **kwargs):
+        seen.append(env)
+        Path(command[-1]).write_text(json.dumps(result(1.0, [1.0])))
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setenv("DIFFBIR_BENCH_PROBE", "kept")
+    assert bench.main(["--sides", "pack", "--env", "GLIBC_TUNABLES=glibc.malloc.arena_max=1", "--env", "A=b=c",
+                       "--out", str(tmp_path / "env.json")]) == 0
+    [env] = seen
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1" and env["A"] == "b=c"
+    assert env["DIFFBIR_BENCH_PROBE"] == "kept"
+    with pytest.raises(SystemExit):
+        bench.main(["--sides", "pack", "--env", "NOVALUE", "--out", str(tmp_path / "bad.json")])
