@@ -7,7 +7,7 @@ from collections.abc import Callable, Generator
 
 import torch
 
-from .network import request, resblock, silu_
+from .network import request, resblock, silu_, upsample_conv
 
 UP, SAME, DOWN = "up", "same", "down"
 TILE_HALO_PX = 16  # for memory estimates: the largest halo of a segment, in image pixels
@@ -38,7 +38,7 @@ def decoder_segments(dec) -> list[Segment]:
     def block(level: int, index: int, upsample: bool):
         def program(box: list) -> Generator:
             if upsample:
-                box[:] = [dec.up[level + 1].upsample(box.pop())]
+                box[:] = [upsample_conv(dec.up[level + 1].upsample, box.pop())]
             return (yield from resblock(dec.up[level].block[index], box))
         return program
 
