@@ -28,6 +28,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from scripts import recorded_command
 from scripts.benchmark_tiling import RssWatch
 
 
@@ -118,9 +119,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     report = measure(args.sizes, args.tile, args.rounds, args.threads, args.exact_only)
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    arguments = argv if argv is not None else sys.argv[1:]
-    report["command"] = "python -m scripts.benchmark_vae " + " ".join(  # --json by file name only
-        Path(a).name if previous == "--json" else a for previous, a in zip(["", *arguments], arguments))
+    report["command"] = recorded_command("scripts.benchmark_vae", argv if argv is not None else sys.argv[1:], "--json")
     for size, row in report["sizes"].items():
         s, p = row["seconds"], row["peak_above_start_gib"]
         print(f"{size} px, {f'{args.tile} px tiles' if args.tile else 'automatic tile'}:")

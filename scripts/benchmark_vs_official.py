@@ -49,6 +49,8 @@ import threading
 import time
 from pathlib import Path
 
+from scripts import recorded_command
+
 REPO = Path(__file__).resolve().parent.parent
 SEED = 231
 STAGE1 = "realesrgan_s4_swinir_100k.pth"
@@ -578,9 +580,8 @@ def main(argv=None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "device": f"{platform.machine()} CPU, {os.cpu_count()} cores"
             if args.device == "cpu" else "cuda",
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3, 1),
-            "command": "python -m scripts.benchmark_vs_official " + " ".join(  # --out by file name only
-                str(Path(a).name) if previous == "--out" else a
-                for previous, a in zip(["", *arguments], arguments)), "load_average": os.getloadavg()}
+            "command": recorded_command("scripts.benchmark_vs_official", arguments, "--out"),
+            "load_average": os.getloadavg()}
     summary = report(results, spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # the report names the model files, not where this machine keeps them

@@ -2,7 +2,6 @@
 VAE of the tiny checkpoint, random weights), the margins follow the network, bad tile sizes."""
 
 import copy
-import importlib
 
 import pytest
 import torch
@@ -300,7 +299,7 @@ def test_mid_attention_in_bounded_slices_equals_comfys(tv, vae, monkeypatch):
 def test_upsample_on_the_input_grid_equals_comfys(tv, vae, layout):
     """The decoder's upsample (nearest x2 + 3x3 conv) as four 2x2 phase convolutions: ComfyUI's module's
     result to float32 rounding, in either memory layout (and the layout kept); other dtypes run the module."""
-    network = importlib.import_module(tv.__name__ + ".network")
+    network = tv.network
     module = vae.first_stage_model.decoder.up[1].upsample  # 512 channels in the SD VAE
     x = torch.randn(1, module.conv.in_channels, 20, 28, generator=torch.Generator().manual_seed(4))
     if layout == "channels_last":
