@@ -77,3 +77,13 @@ def group_photo() -> torch.Tensor | None:
         return None
     with Image.open(path) as image:
         return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).float().div(255)[None]
+
+
+def restored_pattern(index: int, size: int) -> np.ndarray:
+    """A deterministic uint8 'restored face' [size, size, 3] for the paste-back goldens and their tests
+    (integer arithmetic only, so both environments build the same bytes)."""
+    y, x = np.mgrid[0:size, 0:size]
+    r = (x * 3 + y * 2 + 40 * index) % 256
+    g = (x * 2 - y + 255 + 70 * index) % 256
+    b = ((x // 8 + y // 8) % 2) * 120 + 60 + 10 * index
+    return np.stack([r, g, b], -1).astype(np.uint8)

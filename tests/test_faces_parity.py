@@ -39,14 +39,6 @@ def astronaut_u8(step=1):
     return (face_data.astronaut()[0, ::step, ::step] * 255).round()  # HWC float 0..255, exact uint8 levels
 
 
-def restored_pattern(index, size):
-    """The generator's synthetic 'restored face' (same integer formula)."""
-    y, x = np.mgrid[0:size, 0:size]
-    r = (x * 3 + y * 2 + 40 * index) % 256
-    g = (x * 2 - y + 255 + 70 * index) % 256
-    b = ((x // 8 + y // 8) % 2) * 120 + 60 + 10 * index
-    return np.stack([r, g, b], -1).astype(np.uint8)
-
 
 # -- geometry ---------------------------------------------------------------------------------
 def test_similarity_matches_opencv_lmeds(mods):
@@ -99,7 +91,8 @@ def test_paste_back_matches_official(mods, face_size, parse):
     image = astronaut_u8(2)
     background = (torch.div(image, 2, rounding_mode="floor") + 64).permute(2, 0, 1)[None] / 255
     faceset = _faceset(mods, data["landmarks"], data["affine"], face_size, (256, 256))
-    restored = torch.stack([torch.from_numpy(restored_pattern(k, face_size)) for k in range(3)]).permute(0, 3, 1, 2)
+    restored = torch.stack([torch.from_numpy(face_data.restored_pattern(k, face_size)) for k in range(3)])
+    restored = restored.permute(0, 3, 1, 2)
     restored = restored.float() / 255
     parse_masks = None
     if parse:

@@ -43,13 +43,6 @@ def mtcnn():
     return face_detection.build_mtcnn(*parts)
 
 
-def restored_pattern(index, size):
-    y, x = np.mgrid[0:size, 0:size]
-    r = (x * 3 + y * 2 + 40 * index) % 256
-    g = (x * 2 - y + 255 + 70 * index) % 256
-    b = ((x // 8 + y // 8) % 2) * 120 + 60 + 10 * index
-    return np.stack([r, g, b], -1).astype(np.uint8)
-
 
 def parity():
     print("== parity with the official helper (golden files) ==")
@@ -86,7 +79,7 @@ def parity():
             faceset = faces.FaceSet(faces=[faces.Face(0, k, [0, 0, 1, 1], 1.0, lm.tolist(), a.tolist(), (256, 256))
                                            for k, (lm, a) in enumerate(zip(data["landmarks"], data["affine"]))],
                                     image_sizes=[(256, 256)], face_size=face_size)
-            restored = torch.stack([torch.from_numpy(restored_pattern(k, face_size)) for k in range(3)])
+            restored = torch.stack([torch.from_numpy(face_data.restored_pattern(k, face_size)) for k in range(3)])
             restored = restored.permute(0, 3, 1, 2).float() / 255
             masks = None
             parse_diff = float("nan")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from devkit import model_factory
+from devkit import face_data, model_factory
 from tools.goldens import official
 
 HERE = Path(__file__).resolve().parent
@@ -57,14 +57,6 @@ def transformed_landmarks(base, angle_deg, scale, shift):
     centre = base.mean(0)
     return (base - centre) @ rotation.T + centre + np.asarray(shift)
 
-
-def restored_pattern(index, size):
-    """A deterministic uint8 'restored face' [size,size,3] (integer arithmetic only)."""
-    y, x = np.mgrid[0:size, 0:size]
-    r = (x * 3 + y * 2 + 40 * index) % 256
-    g = (x * 2 - y + 255 + 70 * index) % 256
-    b = ((x // 8 + y // 8) % 2) * 120 + 60 + 10 * index
-    return np.stack([r, g, b], -1).astype(np.uint8)
 
 
 def label_map():
@@ -212,7 +204,7 @@ def main():
     faces = [base, transformed_landmarks(base, 30, 0.9, (30, 20)),  # overlaps the first
              transformed_landmarks(base, -15, 0.6, (-100, 110))]  # partly outside the image
     for face_size in (128, 512):
-        restored = [restored_pattern(i, face_size) for i in range(len(faces))]
+        restored = [face_data.restored_pattern(i, face_size) for i in range(len(faces))]
         labels = label_map()
         for use_parse in (False, True):
             helper, pasted, soft, parse = run_helper(image, faces, face_size, restored, background,
