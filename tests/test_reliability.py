@@ -347,6 +347,12 @@ CASES += [
     Case("vae-8x8", "image size", lambda: vae_graph(empty_image(8, 8)), size=(8, 8)),
     Case("vae-8x200-thin", "image size", lambda: vae_graph(empty_image(8, 200)), size=(8, 200)),
     Case("apply-irc-1x1", "image size", lambda: stage2_graph(empty_image(1, 1)), size=(64, 64)),
+    # a 16384 px decode: its full-resolution map alone is 128 GiB (+3 GiB of image), refused before the VAE
+    # runs (a machine with more than that free, swap included, would decode it instead)
+    Case("vae-decode-16384-too-large", "image size",
+         lambda: with_inputs(vae_decode_graph(16384), "dec", tile_size=0),
+         errors=(r"DiffBIR exact tiled VAE decode: a 16384x16384 px image needs at least 131\.0 GiB of CPU memory",
+                 r"VAE Decode \(Tiled\)")),
 ]
 
 # what LoadImage gives us from unusual PNGs (alpha, grayscale, 16-bit, palette, 1-bit)

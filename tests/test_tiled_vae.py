@@ -318,3 +318,37 @@ def test_upsample_on_the_input_grid_equals_comfys(tv, vae, layout):
     # below a wrong tap or phase (order 1).
     assert error(got) < 4e-6, (error(got), error(comfys))
     assert torch.equal(half, comfys_half)
+
+
+@pytest.mark.parametrize("part", ["encode", "decode"])
+def test_refused_before_any_work_when_the_parked_map_cannot_fit(comfy, tv, vae, square, monkeypatch, request,
+                                                                part):
+    """A pass whose parked full-resolution map (one 128-channel fp32 map when replayed, plus the decoded
+    image) exceeds free memory and swap stops with a message saying what it needs and what to do, before
+    the VAE runs: on a CPU it would otherwise end with the kernel killing the ComfyUI process. Refused
+    exactly one byte below the need, run at the need."""
+    import psutil
+    from comfy import model_management as mm
+
+    image, latent = square
+    need = 128 * 192 * 192 * 4 + (192 * 192 * 3 * 4 if part == "decode" else 0)
+    monkeypatch.setattr(psutil, "swap_memory", lambda: type("Swap", (), {"free": 0})())
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1))
+             for m in vae.first_stage_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    request.addfinalizer(lambda: [h.remove() for h in hooks])
+    node = "DiffBIRVAEDecodeTiled" if part == "decode" else "DiffBIRVAEEncodeTiled"
+    run = comfy.node_class(node).execute
+    args = (vae, {"samples": latent}, 64) if part == "decode" else (vae, image, 64)
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: need - 1)
+    with torch.inference_mode(), pytest.raises(tv.TiledVAEError) as error:
+        run(*args)
+    message = str(error.value)
+    assert message.startswith(f"DiffBIR exact tiled VAE {part}: a 192x192 px image needs at least 0.0 GiB of CPU")
+    assert f"VAE {part.capitalize()} (Tiled)" in message and "Free memory" in message
+    assert calls == []  # nothing ran
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: need)
+    with torch.inference_mode():
+        run(*args)
+    assert calls  # it ran
+

@@ -12,7 +12,15 @@ import torch
 from .. import comfy_compat
 from .engine import Meter, run_tiled
 from .network import decoder_blocks, mid_attention, untiled_progress
-from .planning import check_supported, devices, load_and_pick_tile, replay_levels, tile_layout, validate_tile
+from .planning import (
+    check_memory,
+    check_supported,
+    devices,
+    load_and_pick_tile,
+    replay_levels,
+    tile_layout,
+    validate_tile,
+)
 from .segments import TILE_HALO_PX, decoder_segments, passes
 from .tiles import TiledMap, tile_regions
 
@@ -53,6 +61,9 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     owns = tile_regions(h * 8, w * 8, tile)
     segments = decoder_segments(dec)
     levels = replay_levels(segments, 8, h * 8, w * 8, dtype, park, replay)
+    # the output image (fp32 RGB) is filled while the maps are parked
+    check_memory("decode", segments, 8, h * 8, w * 8, dtype, park, levels,
+                 b * h * w * 64 * 3 * 4 if torch.device(vae.output_device) == park else 0)
     log.info("DiffBIR VAE decode: %dx%d px in %d exact tiles of %d px%s", w * 8, h * 8, len(owns), tile,
              f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
     bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import comfy.model_management
+import psutil
 import torch
 
 from .segments import DOWN, UP, Segment, out_step, segment_steps
@@ -16,6 +17,7 @@ AUTO_TILES = (1024, 768, 512, 256, 128)  # px, largest first
 # On a CPU, 1024 px tiles instead of 512 saved 6 % of the VAE's time at 2048 px (2 % of a restore) and
 # held twice the memory (+6.4 instead of +3.3 GiB; docs/tiling.md): the automatic choice stops at 512.
 CPU_AUTO_TILE_MAX = 512
+GIB = 1024 ** 3
 
 
 class TiledVAEError(ValueError):
@@ -53,20 +55,23 @@ def _park_bytes(segment: Segment, elements: int, element_size: int, replay: bool
     return max(c_in * inputs, c_out * elements) * element_size
 
 
+def _level_peaks(segments: list[Segment], steps: list[int], height: int, width: int, element_size: int,
+                 replay: set[int]) -> dict[int, int]:
+    """The largest parked bytes of each level, with the levels in ``replay`` replayed."""
+    out: dict[int, int] = {}
+    for segment, step in zip(segments, steps):
+        size = _park_bytes(segment, (height // step) * (width // step), element_size, segment.level in replay)
+        out[segment.level] = max(out.get(segment.level, 0), size)
+    return out
+
+
 def choose_replay(segments: list[Segment], steps: list[int], height: int, width: int, element_size: int,
                   budget: float) -> set[int]:
     """Levels to replay: none when lockstep's parked state fits ``budget`` bytes, else the level with
     the largest parked state, then the next, while that lowers the peak."""
-    def peaks(replay: set[int]) -> dict[int, int]:
-        out = {}
-        for segment, step in zip(segments, steps):
-            size = _park_bytes(segment, (height // step) * (width // step), element_size, segment.level in replay)
-            out[segment.level] = max(out.get(segment.level, 0), size)
-        return out
-
     replay: set[int] = set()
     while True:
-        current = peaks(replay)
+        current = _level_peaks(segments, steps, height, width, element_size, replay)
         worst = max(current.values())
         if worst <= budget or any(current[level] == worst for level in replay):
             return replay  # fits, or the largest is a replayed level already: replaying more cannot help
@@ -135,6 +140,36 @@ def automatic_tile(fits: Callable[[int], bool], longest: int, on_cpu: bool) -> i
         if candidate < longest and fits(candidate) and not (on_cpu and candidate > CPU_AUTO_TILE_MAX):
             return candidate
     return AUTO_TILES[-1]
+
+
+def _free_bytes(park: torch.device) -> float:
+    """Free memory of the parking device as ComfyUI counts it, plus free swap where that is the CPU."""
+    free = comfy.model_management.get_free_memory(park)
+    if park.type == "cpu":
+        free += psutil.swap_memory().free
+    return free
+
+
+def check_memory(what: str, segments: list[Segment], start_step: int, height: int, width: int, dtype,
+                 park: torch.device, levels: set[int], other_bytes: int) -> None:
+    """Refuses, before any work, a pass whose parked feature maps alone (with ``levels`` replayed) and
+    ``other_bytes`` on the same device need more than the parking device's free memory and swap. The
+    exact method keeps a full-resolution map whole (512 bytes per pixel in fp32, replayed), far more
+    than any other stage; counted without the tiles' own working memory, this is a lower bound of the
+    need, so only a pass that cannot finish is refused. Without it, on a CPU, the kernel's out-of-memory
+    killer would end the whole ComfyUI process part-way, losing the queue."""
+    need = max(_level_peaks(segments, segment_steps(segments, start_step), height, width,
+                            comfy.model_management.dtype_size(dtype), levels).values()) + other_bytes
+    free = _free_bytes(park)
+    if need > free:
+        memory = {"cpu": "CPU", "cuda": "GPU"}.get(park.type, park.type)
+        raise TiledVAEError(
+            f"DiffBIR exact tiled VAE {what}: a {width}x{height} px image needs at least {need / GIB:.1f} GiB of "
+            f"{memory} memory (it keeps one full-resolution feature map whole so that every GroupNorm sees the "
+            f"whole image), and {free / GIB:.1f} GiB are free (with swap). Free memory (close other programs, "
+            f"unload models), restore a smaller image, or use ComfyUI's 'VAE {what.capitalize()} (Tiled)', which "
+            "needs far less memory but normalises each tile on its own (colour and contrast can shift between "
+            "tiles)")
 
 
 def replay_levels(segments, start_step: int, height: int, width: int, dtype, park, replay) -> set[int]:
