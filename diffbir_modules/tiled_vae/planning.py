@@ -163,13 +163,13 @@ def check_memory(what: str, segments: list[Segment], start_step: int, height: in
     free = _free_bytes(park)
     if need > free:
         memory = {"cpu": "CPU", "cuda": "GPU"}.get(park.type, park.type)
+        instead = ("; or decode with ComfyUI's 'VAE Decode (Tiled)', which needs far less memory but normalises "
+                   "each tile on its own (colour and contrast can shift between tiles)") if what == "decode" else ""
         raise TiledVAEError(
             f"DiffBIR exact tiled VAE {what}: a {width}x{height} px image needs at least {need / GIB:.1f} GiB of "
             f"{memory} memory (it keeps one full-resolution feature map whole so that every GroupNorm sees the "
             f"whole image), and {free / GIB:.1f} GiB are free (with swap). Free memory (close other programs, "
-            f"unload models), restore a smaller image, or use ComfyUI's 'VAE {what.capitalize()} (Tiled)', which "
-            "needs far less memory but normalises each tile on its own (colour and contrast can shift between "
-            "tiles)")
+            f"unload models) or restore a smaller image (a smaller upscale){instead}")
 
 
 def replay_levels(segments, start_step: int, height: int, width: int, dtype, park, replay) -> set[int]:
