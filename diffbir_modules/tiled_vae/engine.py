@@ -93,7 +93,8 @@ def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) ->
     float64, on [B, C] numbers), as PyTorch's own GroupNorm kernel does with its own statistics.
     Applied by an inference batch norm over the B*C channels with mean 0, variance 1 and eps 0
     (``x * scale + shift`` exactly; its kernel is ~1.5x faster than ``addcmul`` on the CPU)."""
-    b, c, height, width = x.shape
+    b, c = x.shape[:2]
+    assert b == 1, "the engine runs one image at a time"
     per_group = c // norm.num_groups
     inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [B, C], float64
     mean = mean.repeat_interleave(per_group, dim=1)
@@ -106,11 +107,10 @@ def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) ->
     scale = scale.to(device=x.device, dtype=torch.float32).reshape(b * c)
     shift = shift.to(device=x.device, dtype=torch.float32).reshape(b * c)
     zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
-    # one image (what the engine runs) as it is: a reshape of a channels-last [1, C, H, W] tensor gives
-    # it a batch stride that makes the next convolution take it for the default layout and copy it
-    flat = x.float() if b == 1 else x.float().reshape(1, b * c, height, width)
-    y = torch.nn.functional.batch_norm(flat, zeros, ones, scale, shift, False, 0.0, 0.0)
-    return (y if b == 1 else y.reshape(x.shape)).to(x.dtype)
+    # one image, never reshaped: a reshape of a channels-last [1, C, H, W] tensor gives it a batch
+    # stride that makes the next convolution take it for the default layout and copy it
+    y = torch.nn.functional.batch_norm(x.float(), zeros, ones, scale, shift, False, 0.0, 0.0)
+    return y.to(x.dtype)
 
 
 class Meter:
