@@ -131,9 +131,9 @@ def run_memory(args):
         if _meminfo("MemAvailable") < need:
             print(f"{size} {mode}: skipped, needs ~{need / 2**30:.0f} GiB free", flush=True)
             continue
-        cmd = [sys.executable, __file__, "memory", "--size", str(size), "--mode", mode, "--threads",
-               str(args.threads), "--inner"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "scripts.benchmark_guidance", "memory", "--size", str(size), "--mode", mode,
+               "--threads", str(args.threads), "--inner"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
         if proc.returncode or not line:
             print(f"{size} {mode}: failed\n{proc.stderr[-2000:]}", flush=True)

@@ -100,8 +100,8 @@ def bench(args) -> None:
             if kind != "swinir" and size > args.max_other:
                 continue
             for tiling in TILINGS:
-                command = [sys.executable, __file__, "_case", kind, str(size), tiling, str(args.threads),
-                           str(args.repeat)]
+                command = [sys.executable, "-m", "scripts.benchmark_stage1", "_case", kind, str(size), tiling,
+                           str(args.threads), str(args.repeat)]
                 done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
                 if done.returncode != 0:
                     print(done.stderr[-3000:], file=sys.stderr)

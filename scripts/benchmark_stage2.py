@@ -463,8 +463,8 @@ def run_all(args) -> dict:
             print(f"[benchmark] {label}: running (load average {os.getloadavg()[0]:.1f})", flush=True)
             log = out_dir / f"case-{size}-{'control' if control else 'plain'}.log"
             with open(log, "w") as log_file:
-                child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                                         stdout=log_file, stderr=subprocess.STDOUT)
+                command = [sys.executable, "-m", "scripts.benchmark_stage2", "--child", json.dumps(spec)]
+                child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
                 error = watch(child, args.case_timeout, args.min_available_gib)
             if error:
                 print(f"[benchmark] {label}: {error}; see {log}", flush=True)

@@ -190,10 +190,10 @@ def main():
         return
     results = []
     for size in args.sizes:
-        command = [sys.executable, __file__, "--child", str(size), "--steps", str(args.steps), "--tile",
-                   str(args.tile), "--stride", str(args.stride), "--vae-tile", str(args.vae_tile), "--stages",
+        command = [sys.executable, "-m", "scripts.benchmark_tiling", "--child", str(size), "--steps", str(args.steps),
+                   "--tile", str(args.tile), "--stride", str(args.stride), "--vae-tile", str(args.vae_tile), "--stages",
                    args.stages, "--device", args.device, "--variant", args.variant, "--comfy-args", args.comfy_args]
-        run = subprocess.run(command, capture_output=True, text=True)
+        run = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
         if run.returncode or not lines:
             sys.stderr.write(run.stdout[-3000:] + run.stderr[-5000:])

@@ -9,13 +9,16 @@ time and peak memory for both and their ratios (pack / official: below 1 is fast
 
 Needs the official code's environment beside the pack's (``scripts/setup.sh``): ``.venv-official``
 (``tools/goldens/setup.sh``) and a clone of the official repository (tools/goldens/official.py says
-where); the official code runs at its pinned commit.
+where); the official code runs at its pinned commit. ``--python PATH`` runs everything with one
+interpreter instead, where one environment holds both sides' requirements (a lent GPU machine:
+``scripts/device_benchmarks.sh``).
 
 What runs, per side, in a fresh process each (so peak memory is its own), sides alternating for
 ``--rounds`` rounds so that background load hits both alike:
 - the official v2.1 path: ``BSRInferenceLoop.after_load_lq`` (PIL bicubic x4) and
   ``SwinIRPipeline.run`` with the v2.1 defaults (EDM DPM++ 3M SDE, cfg 6, wavelet colour fix, final
-  bicubic resize), fp32 on the CPU (``--precision`` on a GPU);
+  bicubic resize), fp32 on the CPU; on a GPU at ``--precision`` (the models cast and the run under
+  autocast, as the official inference loop does);
 - the pack: the shipped workflow "DiffBIR v2.1 super-resolution (SwinIR)" (or "... large images
   (tiled)" with ``--tiled``) as a user gets it, executed by ComfyUI's own executor in process with
   ComfyUI's default settings (its text encoder in fp16 included), or with ``--comfy-args`` added to
@@ -102,6 +105,14 @@ def peak() -> dict:
         torch.cuda.synchronize()
         out["cuda_peak"] = torch.cuda.max_memory_allocated()
     return out
+
+
+def runtime(device: str) -> dict:
+    """The torch version and the device a side ran on (its GPU's name on CUDA)."""
+    import torch
+
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    return {"torch": torch.__version__, "device": name}
 
 
 def now() -> float:
@@ -227,7 +238,8 @@ def official_child(spec: dict) -> dict:
     cldm.load_pretrained_sd(load_file(spec["checkpoint"]))
     cldm.load_controlnet_from_ckpt(torch.load(spec["ircontrolnet"], map_location="cpu", weights_only=True))
     cldm.eval().to(device)
-    cldm.cast_dtype({"fp32": torch.float32, "fp16": torch.float16}[spec["precision"]])
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec["precision"]]
+    cldm.cast_dtype(dtype)
     cleaner = SwinIR(**spec["swinir_config"])
     cleaner.load_state_dict(torch.load(spec["stage1"], map_location="cpu", weights_only=True), strict=True)
     cleaner.eval().to(device)
@@ -271,7 +283,8 @@ def official_child(spec: dict) -> dict:
         reset_peak()
         torch.manual_seed(SEED)
         start = now()
-        with torch.no_grad():
+        # as the official loop runs it: under autocast to --precision (fp32: autocast disables itself)
+        with torch.no_grad(), torch.autocast(device, dtype):
             out = pipe.run(lq[None], steps, 1.0, tiled, 512, 256, tiled, 256, tiled, 256, tiled, 512, 256,
                            positive, negative, cfg, "noise", "edm_dpm++_3m_sde", 0, False, 0.0, 0.0, 300.0, 1.0,
                            1.0, 1)
@@ -281,7 +294,7 @@ def official_child(spec: dict) -> dict:
         clock.steps = steps_from_calls(call_times, steps)
         runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS"),
                      "output": list(np.asarray(out).shape)})
-    return {"load": load, "run": runs[-1], "warm_up": runs[0]}
+    return {"load": load, "run": runs[-1], "warm_up": runs[0], "runtime": runtime(device)}
 
 
 # --- the pack's side ------------------------------------------------------------------------------------
@@ -394,7 +407,7 @@ def pack_child(spec: dict) -> dict:
     if spec.get("image_out"):  # the reported run's image: the newest one SaveImage wrote
         saved = max((base / "output").rglob("*.png"), key=lambda p: p.stat().st_mtime)
         shutil.copyfile(saved, spec["image_out"])
-    return {"load": load, "run": runs[-1], "warm_up": runs[0]}
+    return {"load": load, "run": runs[-1], "warm_up": runs[0], "runtime": runtime(spec["device"])}
 
 
 # --- the driver -----------------------------------------------------------------------------------------
@@ -402,14 +415,25 @@ def pack_child(spec: dict) -> dict:
 MODEL_FILES = ("checkpoint", "ircontrolnet", "stage1")  # the spec's keys that hold a weights file's path
 
 
-def build_models(variant: str) -> dict:
+def interpreter(side: str, python: str | None) -> Path:
+    """``python`` (one environment for everything, e.g. a lent GPU machine), else the side's venv."""
+    if python:
+        return Path(python)
+    path = REPO / (".venv-official" if side == "official" else ".venv") / "bin" / "python"
+    if not path.exists():
+        raise SystemExit(f"{path.parent.parent.name} is missing: run "
+                         f"{'tools/goldens/setup.sh' if side == 'official' else 'scripts/setup.sh'} first")
+    return path
+
+
+def build_models(variant: str, python: str | None) -> dict:
     """Builds (once, cached) the random-weight files in the published layouts with the test venv."""
     code = ("import json, torch; from devkit import model_factory as m; "
             f"print(json.dumps({{'checkpoint': str(m.sd2_checkpoint({variant!r}, dtype=torch.float32)), "
             f"'ircontrolnet': str(m.ircontrolnet_file({variant!r})), "
             f"'stage1': str(m.stage1_file({STAGE1!r}, {variant!r})), "
             f"'swinir_config': m.STAGE1_CONFIGS['swinir'][{variant!r}]}}))")
-    done = subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], cwd=REPO, check=True,
+    done = subprocess.run([str(interpreter("pack", python)), "-c", code], cwd=REPO, check=True,
                           capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -417,10 +441,7 @@ def build_models(variant: str) -> dict:
 def run_side(side: str, spec: dict, timeout: float) -> dict:
     """One side's results; a side that dies (killed for memory, timed out, failed) is reported as
     ``failed`` with the stages it finished and the one it died in, and the benchmark goes on."""
-    python = REPO / (".venv-official" if side == "official" else ".venv") / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"{python.parent.parent.name} is missing: run "
-                         f"{'tools/goldens/setup.sh' if side == 'official' else 'scripts/setup.sh'} first")
+    python = interpreter(side, spec["python"])
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
     out = Path(handle.name).with_suffix(".out.json")
@@ -544,6 +565,10 @@ def main(argv=None) -> int:
                         help="keep the pack's final image beside --out (same name, .png): to compare options")
     parser.add_argument("--sides", default="official,pack",
                         help="which sides to run, comma separated (official, pack); the other's column stays empty")
+    parser.add_argument("--python", metavar="PATH",
+                        help="one interpreter for both sides and the models (a machine with one environment, such "
+                             "as a lent GPU machine: scripts/device_benchmarks.sh); default: .venv-official for "
+                             "the official side, .venv for the rest")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -560,11 +585,11 @@ def main(argv=None) -> int:
         parser.error("--sides names neither official nor pack")
     if any("=" not in item for item in args.env):
         parser.error("--env takes NAME=VALUE")
-    models = build_models(args.variant)
+    models = build_models(args.variant, args.python)
     from diffbir_modules import prompts  # plain Python (no ComfyUI import): the official v2.1 prompts
 
     spec = dict(models, size=args.size, steps=args.steps, tiled=args.tiled, variant=args.variant,
-                device=args.device, precision=args.precision, threads=args.threads,
+                device=args.device, precision=args.precision, threads=args.threads, python=args.python,
                 comfy_args=args.comfy_args.split(), env=dict(item.split("=", 1) for item in args.env),
                 image_out=str(args.out.with_suffix(".png").resolve()) if args.save_image else None,
                 prompts=list(prompts.default_prompts("v2.1")),
@@ -577,15 +602,15 @@ def main(argv=None) -> int:
                 print(f"[{time.strftime('%H:%M:%S')}] round {round_index + 1}/{args.rounds}: {side}", flush=True)
                 results[side].append(run_side(side, spec, args.timeout))
     arguments = argv if argv is not None else sys.argv[1:]
-    meta = {"date": time.strftime("%Y-%m-%d"), "device": f"{platform.machine()} CPU, {os.cpu_count()} cores"
-            if args.device == "cpu" else "cuda",
+    ran_on = sorted({r["runtime"]["device"] for side in results.values() for r in side if "runtime" in r})
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": ", ".join(ran_on) or args.device,
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3, 1),
-            "command": recorded_command("scripts.benchmark_vs_official", arguments, "--out"),
+            "command": recorded_command("scripts.benchmark_vs_official", arguments, "--out", "--python"),
             "load_average": os.getloadavg()}
     summary = report(results, spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # the report names the model files, not where this machine keeps them
-    shown = {k: Path(v).name if k in MODEL_FILES + ("image_out",) and v else v
+    shown = {k: Path(v).name if k in MODEL_FILES + ("image_out", "python") and v else v
              for k, v in spec.items() if k != "scratch"}
     args.out.write_text(json.dumps({"meta": meta, "spec": shown, "summary": summary, "results": results}, indent=1))
     print(markdown(summary, meta))

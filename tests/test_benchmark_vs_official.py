@@ -111,7 +111,7 @@ def test_comfy_options_and_the_saved_image_reach_the_pack_side(tmp_path, monkeyp
     """--comfy-args goes to the pack's ComfyUI command line and --save-image asks for the image beside
     --out; the report records both, the image by file name only (no machine paths in the report)."""
     seen = []
-    monkeypatch.setattr(bench, "build_models", lambda variant: {"checkpoint": str(tmp_path / "sd.safetensors")})
+    monkeypatch.setattr(bench, "build_models", lambda variant, python: {"checkpoint": str(tmp_path / "sd.safetensors")})
     monkeypatch.setattr(bench, "run_side", lambda side, spec, timeout: seen.append((side, dict(spec))) or result(
         1.0, [1.0]))
     out = tmp_path / "flags.json"
@@ -128,7 +128,7 @@ def test_comfy_options_and_the_saved_image_reach_the_pack_side(tmp_path, monkeyp
 def test_env_reaches_the_side_process(tmp_path, monkeypatch):
     """--env NAME=VALUE is set in the side's process environment (on top of this one's); without = it is refused."""
     seen = []
-    monkeypatch.setattr(bench, "build_models", lambda variant: {"checkpoint": str(tmp_path / "sd.safetensors")})
+    monkeypatch.setattr(bench, "build_models", lambda variant, python: {"checkpoint": str(tmp_path / "sd.safetensors")})
 
     def fake_run(command, env, **kwargs):
         seen.append(env)
@@ -143,3 +143,27 @@ def test_env_reaches_the_side_process(tmp_path, monkeypatch):
     assert env["DIFFBIR_BENCH_PROBE"] == "kept"
     with pytest.raises(SystemExit):
         bench.main(["--sides", "pack", "--env", "NOVALUE", "--out", str(tmp_path / "bad.json")])
+
+
+def test_one_interpreter_for_both_sides(tmp_path, monkeypatch):
+    """--python (a machine with one environment, as a lent GPU machine) runs both sides and the model
+    build with that interpreter; the report names it by file name only and says what each side ran on."""
+    commands, built = [], []
+    python = tmp_path / "env" / "bin" / "python3"
+    monkeypatch.setattr(bench, "build_models", lambda variant, python: built.append(python) or {
+        "checkpoint": str(tmp_path / "sd.safetensors")})
+
+    def fake_run(command, env, **kwargs):
+        commands.append(command)
+        ran = dict(result(1.0, [1.0]), runtime={"torch": "2.11.0", "device": "NVIDIA H100 80GB HBM3"})
+        Path(command[-1]).write_text(json.dumps(ran))
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = tmp_path / "one.json"
+    assert bench.main(["--python", str(python), "--device", "cuda", "--out", str(out)]) == 0
+    assert built == [str(python)] and [c[0] for c in commands] == [str(python), str(python)]
+    assert [c[c.index("--child") + 1] for c in commands] == ["official", "pack"]
+    report = json.loads(out.read_text())
+    assert report["spec"]["python"] == "python3" and str(tmp_path) not in json.dumps(report)
+    assert report["meta"]["device"] == "NVIDIA H100 80GB HBM3"
+    assert "--python python3 --device cuda" in report["meta"]["command"]

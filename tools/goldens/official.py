@@ -30,7 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL_GIT = Path(os.environ.get("DIFFBIR_OFFICIAL_GIT", REPO / ".cache" / "official-git"))
-CACHE = REPO / ".cache" / "official"
+# extracted trees, one folder per version; DIFFBIR_OFFICIAL_TREES points elsewhere (a machine without the
+# clone gets them from tools/device/prepare.sh)
+CACHE = Path(os.environ.get("DIFFBIR_OFFICIAL_TREES", REPO / ".cache" / "official"))
 
 # The commits the reference notes describe.
 COMMITS = {
