@@ -183,18 +183,38 @@ def test_automatic_tile_stops_at_512_px_on_a_cpu(tv):
     assert pick(lambda tile: False, 4096, on_cpu=True) == 128
 
 
-def test_automatic_decodes_untiled_when_it_fits(tv, vae, encoded):
+def test_automatic_decode_takes_exact_tiles_on_a_cpu_in_fp32(tv, vae, encoded, monkeypatch):
+    """On a CPU in fp32 the exact tiles decode faster than ComfyUI's untiled pass and with half its
+    peak (docs/tiling.md), so the automatic decode tiles whenever the image is larger than a tile (here
+    320 px: 256 px tiles); where that is not so (other devices, dtypes) it runs untiled when it fits."""
+    import types
+
     _, latent = encoded
+    assert tv.planning.tiles_beat_untiled_decode(vae)  # the test VAE: fp32 on the CPU
+    for device, dtype in (("cuda", torch.float32), ("cpu", torch.bfloat16)):
+        assert not tv.planning.tiles_beat_untiled_decode(types.SimpleNamespace(device=torch.device(device),
+                                                                               vae_dtype=dtype))
+    pick = tv.planning.automatic_tile
+    assert pick(lambda tile: True, 512, on_cpu=True, prefer_tiles=True) == 256
+    assert pick(lambda tile: True, 1024, on_cpu=True, prefer_tiles=True) == 512
+    assert pick(lambda tile: True, 128, on_cpu=True, prefer_tiles=True) == 128  # covers it: runs untiled
     with torch.inference_mode():
-        assert torch.equal(tv.decode(vae, latent, 0), vae.decode(latent))
+        automatic, untiled = tv.decode(vae, latent, 0), vae.decode(latent)
+        assert torch.equal(automatic, tv.decode(vae, latent, 256))
+        assert not torch.equal(automatic, untiled) and (automatic - untiled).abs().max() < 1e-4
+        monkeypatch.setattr(tv.decoder, "tiles_beat_untiled_decode", lambda vae: False)
+        assert torch.equal(tv.decode(vae, latent, 0), untiled)
 
 
 @pytest.mark.parametrize("part", ["encode", "decode"])
 def test_untiled_pass_moves_the_bar_per_block_and_stops_on_cancel(tv, vae, encoded, part, monkeypatch):
-    """ComfyUI's untiled encode / decode (what runs when the image fits) reports one step per resblock
-    of the network and stops at the next block once the user presses Cancel."""
+    """ComfyUI's untiled encode / decode (what runs when the image fits, for a decode where tiles are
+    not preferred) reports one step per resblock of the network and stops at the next block once the
+    user presses Cancel."""
     from comfy import model_management as mm
     from comfy import utils as comfy_utils
+
+    monkeypatch.setattr(tv.decoder, "tiles_beat_untiled_decode", lambda vae: False)
 
     image, latent = encoded
     batch = torch.cat([image, image]) if part == "encode" else torch.cat([latent, latent])
