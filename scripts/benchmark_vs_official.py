@@ -427,7 +427,7 @@ def interpreter(side: str, python: str | None) -> Path:
 
 
 def build_models(variant: str, python: str | None) -> dict:
-    """Builds (once, cached) the random-weight files in the published layouts with the test venv."""
+    """Builds (once, cached) the random-weight files in the published layouts with the pack's interpreter."""
     code = ("import json, torch; from devkit import model_factory as m; "
             f"print(json.dumps({{'checkpoint': str(m.sd2_checkpoint({variant!r}, dtype=torch.float32)), "
             f"'ircontrolnet': str(m.ircontrolnet_file({variant!r})), "

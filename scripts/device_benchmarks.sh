@@ -39,17 +39,15 @@ vs_variant=$([ "$variant" = full ] && echo full || echo small)
 "$py" - "$variant" "$vs_variant" "$parts" <<'PY'
 import sys, time
 import tempfile, pathlib
-import torch
 from devkit import comfy_runtime, model_factory  # stdin script: the repository root is on the import path
-from scripts.benchmark_vs_official import STAGE1
+from scripts import benchmark_vs_official
 comfy_runtime.start(pathlib.Path(tempfile.mkdtemp()), cpu=True)  # the factory needs comfy's modules
 variant, vs_variant, parts = sys.argv[1], sys.argv[2], sys.argv[3].split()
 t = time.time()
 if {"stage2", "tiling"} & set(parts):
     print(model_factory.sd2_checkpoint(variant), model_factory.ircontrolnet_file(variant, fmt="safetensors"))
-if {"vs512", "vs2048"} & set(parts):  # what scripts.benchmark_vs_official loads
-    print(model_factory.sd2_checkpoint(vs_variant, dtype=torch.float32), model_factory.ircontrolnet_file(vs_variant),
-          model_factory.stage1_file(STAGE1, vs_variant))
+if {"vs512", "vs2048"} & set(parts):
+    print(benchmark_vs_official.build_models(vs_variant, sys.executable))
 print(f"models built in {time.time() - t:.0f} s", flush=True)
 PY
 for part in $parts; do
@@ -57,11 +55,12 @@ for part in $parts; do
     case $part in
     vs512)
         timeout "$limit" "$py" -m scripts.benchmark_vs_official --python "$py" --device "$device" \
-            --precision "$precision" --variant "$vs_variant" --out "$out/vs_official_${device}_512.json" || echo "$part failed: $?" ;;
+            --precision "$precision" --variant "$vs_variant" --out "$out/vs_official_${device}_512.json" \
+            || echo "$part failed: $?" ;;
     vs2048)
         timeout "$limit" "$py" -m scripts.benchmark_vs_official --python "$py" --device "$device" \
-            --precision "$precision" --variant "$vs_variant" --size 2048 --tiled --out "$out/vs_official_${device}_2048_tiled.json" \
-            || echo "$part failed: $?" ;;
+            --precision "$precision" --variant "$vs_variant" --size 2048 --tiled \
+            --out "$out/vs_official_${device}_2048_tiled.json" || echo "$part failed: $?" ;;
     stage2)
         timeout "$limit" "$py" -m scripts.benchmark_stage2 --device "$device" --variant "$variant" --sizes 512 1024 \
             --steps 4 --cfgs 4 --out-dir "$scratch/bench_stage2" --case-timeout 120 || echo "$part failed: $?"

@@ -43,7 +43,6 @@ def mtcnn():
     return face_detection.build_mtcnn(*parts)
 
 
-
 def parity():
     print("== parity with the official helper (golden files) ==")
     data = golden("similarity")

@@ -13,7 +13,6 @@ from .. import comfy_compat
 from .engine import Meter, run_tiled
 from .network import decoder_blocks, mid_attention, untiled_progress
 from .planning import (
-    check_memory,
     check_supported,
     devices,
     load_and_pick_tile,
@@ -62,10 +61,9 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     device, park = devices(vae)
     owns = tile_regions(h * 8, w * 8, tile)
     segments = decoder_segments(dec)
-    levels = replay_levels(segments, 8, h * 8, w * 8, dtype, park, replay)
     # the output image (fp32 RGB) is filled while the maps are parked
-    check_memory("decode", segments, 8, h * 8, w * 8, dtype, park, levels,
-                 b * h * w * 64 * 3 * 4 if torch.device(vae.output_device) == park else 0)
+    image_bytes = b * h * w * 64 * 3 * 4 if torch.device(vae.output_device) == park else 0
+    levels = replay_levels("decode", segments, 8, h * 8, w * 8, dtype, park, replay, image_bytes)
     log.info("DiffBIR VAE decode: %dx%d px in %d exact tiles of %d px%s", w * 8, h * 8, len(owns), tile,
              f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
     bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None

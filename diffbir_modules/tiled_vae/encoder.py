@@ -10,15 +10,7 @@ import torch
 
 from .engine import Meter, run_tiled
 from .network import encoder_blocks, mid_attention, silu, untiled_progress
-from .planning import (
-    check_memory,
-    check_supported,
-    devices,
-    load_and_pick_tile,
-    replay_levels,
-    tile_layout,
-    validate_tile,
-)
+from .planning import check_supported, devices, load_and_pick_tile, replay_levels, tile_layout, validate_tile
 from .segments import TILE_HALO_PX, encoder_segments, passes
 from .tiles import TiledMap, tile_regions
 
@@ -53,8 +45,7 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
     device, park = devices(vae)
     owns = tile_regions(h, w, tile)
     segments = encoder_segments(enc)
-    levels = replay_levels(segments, 1, h, w, dtype, park, replay)
-    check_memory("encode", segments, 1, h, w, dtype, park, levels, 0)  # the input image is already held
+    levels = replay_levels("encode", segments, 1, h, w, dtype, park, replay, 0)  # the input image is already held
     log.info("DiffBIR VAE encode: %dx%d px in %d exact tiles of %d px%s", w, h, len(owns), tile,
              f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
     bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None

@@ -90,13 +90,13 @@ class _Stats:
 def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """GroupNorm of ``x`` with the given (whole-image) group statistics, in one pass over ``x``:
     the statistics and the affine weights are folded into a per-channel scale and shift first (in
-    float64, on [B, C] numbers), as PyTorch's own GroupNorm kernel does with its own statistics.
-    Applied by an inference batch norm over the B*C channels with mean 0, variance 1 and eps 0
-    (``x * scale + shift`` exactly; its kernel is ~1.5x faster than ``addcmul`` on the CPU)."""
-    b, c = x.shape[:2]
-    assert b == 1, "the engine runs one image at a time"
+    float64, on [1, C] numbers), as PyTorch's own GroupNorm kernel does with its own statistics.
+    Applied by an inference batch norm over the C channels with mean 0, variance 1 and eps 0
+    (``x * scale + shift`` exactly; its kernel is ~1.5x faster than ``addcmul`` on the CPU). ``x`` is
+    one image: the engine runs one at a time."""
+    c = x.shape[1]
     per_group = c // norm.num_groups
-    inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [B, C], float64
+    inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [1, C], float64
     mean = mean.repeat_interleave(per_group, dim=1)
     if norm.affine:
         weight, bias = comfy.ops.cast_bias_weight(norm, dtype=torch.float64, device=mean.device,
@@ -104,8 +104,8 @@ def _group_norm(norm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) ->
         scale, shift = inv * weight, bias - mean * inv * weight
     else:
         scale, shift = inv, -mean * inv
-    scale = scale.to(device=x.device, dtype=torch.float32).reshape(b * c)
-    shift = shift.to(device=x.device, dtype=torch.float32).reshape(b * c)
+    scale = scale.to(device=x.device, dtype=torch.float32).reshape(c)
+    shift = shift.to(device=x.device, dtype=torch.float32).reshape(c)
     zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
     # one image, never reshaped: a reshape of a channels-last [1, C, H, W] tensor gives it a batch
     # stride that makes the next convolution take it for the default layout and copy it

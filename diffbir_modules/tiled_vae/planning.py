@@ -183,14 +183,20 @@ def check_memory(what: str, segments: list[Segment], start_step: int, height: in
             f"unload models) or restore a smaller image (a smaller upscale){instead}")
 
 
-def replay_levels(segments, start_step: int, height: int, width: int, dtype, park, replay) -> set[int]:
-    """``replay``: None = chosen from the parking device's free memory; True/False = every level / none;
-    or the levels themselves (0 = full resolution)."""
+def replay_levels(what: str, segments, start_step: int, height: int, width: int, dtype, park, replay,
+                  other_bytes: int) -> set[int]:
+    """The levels a pass replays, after ``check_memory`` (``what`` and ``other_bytes`` are its) has
+    refused a pass whose parked maps cannot fit even so. ``replay``: None = chosen from the parking
+    device's free memory; True/False = every level / none; or the levels themselves (0 = full
+    resolution)."""
     levels = {segment.level for segment in segments}
     if isinstance(replay, bool):
-        return levels if replay else set()
-    if replay is not None:
-        return set(replay) & levels
-    budget = comfy.model_management.get_free_memory(park) / REPLAY_SHARE
-    return choose_replay(segments, segment_steps(segments, start_step), height, width,
-                         comfy.model_management.dtype_size(dtype), budget)
+        levels = levels if replay else set()
+    elif replay is not None:
+        levels = set(replay) & levels
+    else:
+        budget = comfy.model_management.get_free_memory(park) / REPLAY_SHARE
+        levels = choose_replay(segments, segment_steps(segments, start_step), height, width,
+                               comfy.model_management.dtype_size(dtype), budget)
+    check_memory(what, segments, start_step, height, width, dtype, park, levels, other_bytes)
+    return levels

@@ -58,7 +58,6 @@ def transformed_landmarks(base, angle_deg, scale, shift):
     return (base - centre) @ rotation.T + centre + np.asarray(shift)
 
 
-
 def label_map():
     """A synthetic 19-class face parsing map at 512 (skin ellipse, hair cap, neck, a necklace blob)."""
     y, x = np.mgrid[0:512, 0:512]
