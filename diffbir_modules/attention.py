@@ -10,7 +10,7 @@ Cond and uncond share one batch under cfg, [cond..., uncond...], with the same n
 and condition latent: up to the first cross-attention the two halves are equal bit for bit, so the
 first self-attention of the UNet and of the IRControlNet (the largest ones, at 1/8 of the image
 resolution) is computed once for both halves. The result is the same bits; 2.6 % of a cfg model call at
-512 px on a 2-core CPU (README). Only on the CPU: comparing the halves there costs microseconds, on a
+512 px on a 2-core CPU (docs/performance.md). Only on the CPU: comparing the halves there costs microseconds, on a
 GPU it would stall the queue of kernels on every attention call.
 """
 

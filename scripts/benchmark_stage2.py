@@ -49,6 +49,8 @@ import threading
 import time
 from pathlib import Path
 
+from scripts import recorded_command
+
 REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_SIZES = (512, 1024)
@@ -451,9 +453,10 @@ def run_all(args) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_info(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    report = {"machine": machine_info(),
+              "command": recorded_command("scripts.benchmark_stage2", sys.argv[1:], "--out-dir"),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": list(os.getloadavg()),
-              "models": {"checkpoint": str(ckpt), "ircontrolnet": str(irc)}, "cases": []}
+              "models": {"checkpoint": ckpt.name, "ircontrolnet": irc.name}, "cases": []}
     for size in args.sizes:
         for control in (False, True) if not args.control_only else (True,):
             label = f"{size}px {'IRControlNet' if control else 'plain'}"
