@@ -42,8 +42,9 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
     @classmethod
     def execute(cls, vae, samples, tile_size=0, clamp=True) -> io.NodeOutput:
         guards.require_finite("DiffBIR VAE Decode (exact tiles)", "samples", samples["samples"])
+        host_memory.release()  # the sampler's freed activations: else the decode's peak stacks on them
         decoded = tiled_vae.decode(vae, samples["samples"], tile_size, clamp=clamp)
-        host_memory.release()  # the sampler's and the decoder's freed activations
+        host_memory.release()  # the decoder's
         return io.NodeOutput(decoded)
 
 
@@ -64,9 +65,10 @@ class DiffBIRVAEEncodeTiled(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The SD 2.1 VAE."),
                 io.Image.Input("pixels", tooltip="The image to encode (cropped to a multiple of 8, as VAE Encode)."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, tooltip=(
-                    "Tile size in input pixels: 0 = automatic (untiled when it fits in memory), else a multiple of "
-                    "64, at least 64 (official encoder tile 256). Smaller tiles use less memory; the result is the "
-                    "same.")),
+                    "Tile size in input pixels: 0 = automatic (untiled when it fits in memory; on a CPU in fp32 an "
+                    "image of 1024 px or more in exact tiles of 512 px, as fast there with 0.6x the memory), else a "
+                    "multiple of 64, at least 64 (official encoder tile 256). Smaller tiles use less memory; the "
+                    "result is the same.")),
             ],
             outputs=[io.Latent.Output(tooltip="The latent.")],
         )

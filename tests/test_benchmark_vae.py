@@ -22,3 +22,19 @@ def test_benchmark_vae_exact_only(comfy):
     row = benchmark_vae.measure([128], tile=64, rounds=1, threads=2, exact_only=True)["sizes"]["128"]
     assert set(row["seconds"]) == {"exact_encode", "exact_decode"} and min(row["seconds"].values()) > 0
     assert set(row["peak_above_start_gib"]) == {"exact_encode", "exact_decode"}
+
+
+def test_benchmark_vae_runs_in_a_worker_thread_as_comfyui_does():
+    """The measurement runs in a thread of its own (ComfyUI's prompt worker), errors reach the caller,
+    and --main-thread runs it in the caller's thread."""
+    import threading
+
+    import pytest
+
+    def in_main() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    assert benchmark_vae.in_worker_thread(in_main) is False
+    assert benchmark_vae.in_worker_thread(in_main, main_thread=True) is True
+    with pytest.raises(ZeroDivisionError):
+        benchmark_vae.in_worker_thread(lambda: 1 / 0)

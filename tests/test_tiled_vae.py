@@ -190,10 +190,11 @@ def test_automatic_decode_takes_exact_tiles_on_a_cpu_in_fp32(tv, vae, encoded, m
     import types
 
     _, latent = encoded
-    assert tv.planning.tiles_beat_untiled_decode(vae)  # the test VAE: fp32 on the CPU
+    assert tv.planning.tiles_beat_untiled(vae, "decode", 320)  # the test VAE: fp32 on the CPU
     for device, dtype in (("cuda", torch.float32), ("cpu", torch.bfloat16)):
-        assert not tv.planning.tiles_beat_untiled_decode(types.SimpleNamespace(device=torch.device(device),
-                                                                               vae_dtype=dtype))
+        other = types.SimpleNamespace(device=torch.device(device), vae_dtype=dtype)
+        assert not tv.planning.tiles_beat_untiled(other, "decode", 4096)
+        assert not tv.planning.tiles_beat_untiled(other, "encode", 4096)
     pick = tv.planning.automatic_tile
     assert pick(lambda tile: True, 512, on_cpu=True, prefer_tiles=True) == 256
     assert pick(lambda tile: True, 1024, on_cpu=True, prefer_tiles=True) == 512
@@ -202,8 +203,24 @@ def test_automatic_decode_takes_exact_tiles_on_a_cpu_in_fp32(tv, vae, encoded, m
         automatic, untiled = tv.decode(vae, latent, 0), vae.decode(latent)
         assert torch.equal(automatic, tv.decode(vae, latent, 256))
         assert not torch.equal(automatic, untiled) and (automatic - untiled).abs().max() < 1e-4
-        monkeypatch.setattr(tv.decoder, "tiles_beat_untiled_decode", lambda vae: False)
+        monkeypatch.setattr(tv.decoder, "tiles_beat_untiled", lambda *args: False)
         assert torch.equal(tv.decode(vae, latent, 0), untiled)
+
+
+def test_automatic_encode_takes_exact_tiles_on_a_cpu_in_fp32_from_1024_px(tv, vae, encoded, monkeypatch):
+    """On a CPU in fp32 ComfyUI's untiled encode is faster below 1024 px and the exact tiles from there
+    (with 0.58x its peak; docs/tiling.md): the automatic encode of the 320 px test image runs untiled,
+    and with the threshold lowered to its size it takes the same tiles as an explicit 256 px tile."""
+    image, _ = encoded
+    assert not tv.planning.tiles_beat_untiled(vae, "encode", tv.planning.ENCODE_TILES_FROM - 1)
+    assert tv.planning.tiles_beat_untiled(vae, "encode", tv.planning.ENCODE_TILES_FROM)
+    with torch.inference_mode():
+        untiled = vae.encode(image)
+        assert torch.equal(tv.encode(vae, image, 0), untiled)
+        monkeypatch.setattr(tv.planning, "ENCODE_TILES_FROM", max(image.shape[1:3]))
+        automatic = tv.encode(vae, image, 0)
+        assert torch.equal(automatic, tv.encode(vae, image, 256))
+        assert not torch.equal(automatic, untiled)
 
 
 @pytest.mark.parametrize("part", ["encode", "decode"])
@@ -214,7 +231,7 @@ def test_untiled_pass_moves_the_bar_per_block_and_stops_on_cancel(tv, vae, encod
     from comfy import model_management as mm
     from comfy import utils as comfy_utils
 
-    monkeypatch.setattr(tv.decoder, "tiles_beat_untiled_decode", lambda vae: False)
+    monkeypatch.setattr(tv.decoder, "tiles_beat_untiled", lambda *args: False)
 
     image, latent = encoded
     batch = torch.cat([image, image]) if part == "encode" else torch.cat([latent, latent])

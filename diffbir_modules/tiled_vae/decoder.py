@@ -18,7 +18,7 @@ from .planning import (
     load_and_pick_tile,
     replay_levels,
     tile_layout,
-    tiles_beat_untiled_decode,
+    tiles_beat_untiled,
     validate_tile,
 )
 from .segments import TILE_HALO_PX, decoder_segments, passes
@@ -32,7 +32,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     """IMAGE [B, H, W, 3] from an unscaled LATENT [B, 4, h, w], tiled exactly (see the package docstring),
     in [0, 1] when ``clamp``; unclipped ((x + 1) / 2 of the decoder output, as the official code takes it)
     otherwise. ``tile_size`` in image pixels; 0 = automatic (ComfyUI's untiled decode when the whole
-    image fits in free memory, except on a CPU in fp32: ``tiles_beat_untiled_decode``). ``replay``: see
+    image fits in free memory, except on a CPU in fp32: ``tiles_beat_untiled``). ``replay``: see
     ``replay_levels`` (the result is the same)."""
     if not clamp:
         with comfy_compat.unclipped_vae_output(vae):
@@ -53,7 +53,8 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
         whole_mid = 512 * h * w * 4 * comfy.model_management.dtype_size(dtype)
         return vae.memory_used_decode((1, 4, min(h, t), min(w, t)), dtype) + whole_mid
 
-    tile = load_and_pick_tile(vae, memory, tile_size, max(h, w) * 8, prefer_tiles=tiles_beat_untiled_decode(vae))
+    longest = max(h, w) * 8
+    tile = load_and_pick_tile(vae, memory, tile_size, longest, prefer_tiles=tiles_beat_untiled(vae, "decode", longest))
     if not tile or (tile >= h * 8 and tile >= w * 8):
         log.info("DiffBIR VAE decode: %dx%d px untiled", w * 8, h * 8)
         with untiled_progress(decoder_blocks(dec) if progress else [], b):

@@ -10,7 +10,15 @@ import torch
 
 from .engine import Meter, run_tiled
 from .network import encoder_blocks, mid_attention, silu, untiled_progress
-from .planning import check_supported, devices, load_and_pick_tile, replay_levels, tile_layout, validate_tile
+from .planning import (
+    check_supported,
+    devices,
+    load_and_pick_tile,
+    replay_levels,
+    tile_layout,
+    tiles_beat_untiled,
+    validate_tile,
+)
 from .segments import TILE_HALO_PX, encoder_segments, passes
 from .tiles import TiledMap, tile_regions
 
@@ -20,7 +28,8 @@ log = logging.getLogger("DiffBIR")
 def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
            replay: bool | set[int] | None = None, meter: Meter | None = None) -> torch.Tensor:
     """Unscaled LATENT samples [B, 4, H/8, W/8] (posterior mode, as ComfyUI's VAE.encode) from IMAGE
-    [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic."""
+    [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic (untiled when the whole
+    image fits in free memory, except a large image on a CPU in fp32: ``tiles_beat_untiled``)."""
     validate_tile(tile_size)
     if not tile_size and not hasattr(vae.first_stage_model, "encoder"):
         return vae.encode(pixels)
@@ -37,7 +46,8 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
         t = tile + 2 * TILE_HALO_PX
         return vae.memory_used_encode((1, 3, min(h, t), min(w, t)), dtype)
 
-    tile = load_and_pick_tile(vae, memory, tile_size, max(h, w))
+    tile = load_and_pick_tile(vae, memory, tile_size, max(h, w),
+                              prefer_tiles=tiles_beat_untiled(vae, "encode", max(h, w)))
     if not tile or (tile >= h and tile >= w):
         log.info("DiffBIR VAE encode: %dx%d px untiled", w, h)
         with untiled_progress(encoder_blocks(enc) if progress else [], b):

@@ -17,6 +17,7 @@ AUTO_TILES = (1024, 768, 512, 256, 128)  # px, largest first
 # On a CPU, 1024 px tiles instead of 512 saved 6 % of the VAE's time at 2048 px (2 % of a restore) and
 # held twice the memory (+6.4 instead of +3.3 GiB; docs/tiling.md): the automatic choice stops at 512.
 CPU_AUTO_TILE_MAX = 512
+ENCODE_TILES_FROM = 1024  # px, longest side: from there a CPU fp32 encode takes tiles (tiles_beat_untiled)
 GIB = 1024 ** 3
 
 
@@ -116,13 +117,17 @@ def devices(vae):
     return device, park
 
 
-def tiles_beat_untiled_decode(vae) -> bool:
-    """On a CPU in fp32 the exact tiles decode faster than ComfyUI's untiled pass, with half its peak
-    or less (channels-last tiles, upsampling on the input grid; docs/tiling.md: 0.86-0.95x the time at
-    256-512 px, 0.79x at 1024 px), so there the automatic decode tiles whenever the image is larger than
-    a tile. Encoding is not faster in tiles (1.04-1.15x) and other devices and dtypes are not measured:
-    those stay untiled when the whole image fits."""
-    return vae.device.type == "cpu" and vae.vae_dtype == torch.float32
+def tiles_beat_untiled(vae, what: str, longest: int) -> bool:
+    """Whether the automatic choice takes exact tiles for a ``what`` ("encode" / "decode") pass over an
+    image whose longest side is ``longest`` px even though the whole image fits. On a CPU in fp32 (in
+    a worker thread, as ComfyUI runs prompts; docs/tiling.md): the decode in tiles takes 0.78-0.94x
+    ComfyUI's untiled time at 256-1024 px with half its peak or less, so it tiles whenever the image is
+    larger than a tile; the encode in tiles is 8-10 % slower up to 512 px and 0.96x at 1024 px with
+    0.58x the peak, so it tiles from ENCODE_TILES_FROM px. Other devices and dtypes are not measured:
+    there both run untiled when the whole image fits."""
+    if vae.device.type != "cpu" or vae.vae_dtype != torch.float32:
+        return False
+    return what == "decode" or longest >= ENCODE_TILES_FROM
 
 
 def load_and_pick_tile(vae, memory: Callable[[int], float], tile_size: int, longest: int,
