@@ -390,3 +390,19 @@ def test_refused_before_any_work_when_the_parked_map_cannot_fit(comfy, tv, vae, 
         run(*args)
     assert calls  # it ran
 
+
+
+def test_decode_node_hands_freed_memory_back_before_and_after_decoding(comfy, tv, vae, encoded, monkeypatch):
+    """DiffBIR VAE Decode returns what the sampler freed to the system before decoding, so the decode's
+    peak does not stack on it (a whole 1024 px restore: 2.02 -> 1.69 GiB above the weights with the
+    encode change, docs/performance.md), and what the decoder freed after it."""
+    host_memory = comfy.pack_module("diffbir_modules.host_memory")
+    calls = []
+    decode = tv.decode
+    monkeypatch.setattr(host_memory, "release", lambda: calls.append("release") or True)
+    monkeypatch.setattr(tv, "decode", lambda *args, **kwargs: calls.append("decode") or decode(*args, **kwargs))
+    _, latent = encoded
+    with torch.inference_mode():
+        image = comfy.node_class("DiffBIRVAEDecodeTiled").execute(vae, {"samples": latent}, 64).result[0]
+    assert calls == ["release", "decode", "release"]
+    assert image.shape == (1, H, W, 3)
