@@ -11,7 +11,7 @@ memory and the largest difference, encode and decode, SD 2.x KL autoencoder in i
 forces the tiled path a large image takes. The two sides alternate within each round, so a busy machine
 slows both alike; the reported time is the median of the rounds. Everything runs in a worker thread, as
 ComfyUI's server runs prompts (``--main-thread``: in the main thread; on Linux glibc's allocator treats
-the two differently, see ``in_worker_thread``). ``--exact-only`` skips ComfyUI's side (at 2048 px its
+the two differently, see ``scripts.in_worker_thread``). ``--exact-only`` skips ComfyUI's side (at 2048 px its
 untiled CPU pass takes minutes and most of the memory): time and peak of the exact tiles alone.
 """
 
@@ -25,12 +25,11 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
 
-from scripts import recorded_command
+from scripts import in_worker_thread, recorded_command
 from scripts.benchmark_tiling import RssWatch
 
 
@@ -107,29 +106,6 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
         report["sizes"][str(size)] = row
     report["load_average_at_end"] = os.getloadavg()
     return report
-
-
-def in_worker_thread(run, main_thread: bool = False) -> dict:
-    """``run()`` in a thread of its own, as ComfyUI's server runs prompts (main.py's prompt_worker): on
-    Linux, glibc gives such a thread its own malloc arena of 64 MiB heaps, so large tensors are mapped and
-    zero-filled afresh where the main thread would reuse its heap; the untiled VAE, with the largest
-    tensors, pays most for it. ``main_thread``: run it here instead."""
-    if main_thread:
-        return run()
-    result = {}
-
-    def target():
-        try:
-            result["report"] = run()
-        except BaseException as error:  # re-raised in the caller's thread
-            result["error"] = error
-
-    worker = threading.Thread(target=target, name="benchmark-vae-worker")
-    worker.start()
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    return result["report"]
 
 
 def main(argv=None) -> int:

@@ -48,11 +48,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
-from scripts import recorded_command
+from scripts import in_worker_thread, recorded_command
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 231
@@ -379,12 +379,7 @@ def pack_child(spec: dict) -> dict:
         reset_peak()
         run_start = now()
         targets = [k for k, n in prompt.items() if n["class_type"] == "SaveImage"]
-        # In a thread of its own, as ComfyUI's server runs prompts (main.py's prompt_worker): on Linux, glibc
-        # gives such a thread its own malloc arena, whose allocations behave unlike the main thread's.
-        worker = threading.Thread(target=executor.execute,
-                                  args=(prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets))
-        worker.start()
-        worker.join()
+        in_worker_thread(partial(executor.execute, prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets))
         total = now() - run_start
         if not executor.success:
             raise RuntimeError(f"the workflow failed: {executor.status_messages}")

@@ -3,7 +3,7 @@ equal to ComfyUI's untiled one (a smoke run at a small size; the figures themsel
 
 from __future__ import annotations
 
-from scripts import benchmark_vae
+from scripts import benchmark_vae, in_worker_thread
 
 
 def test_benchmark_vae_small_run(comfy):
@@ -34,7 +34,7 @@ def test_benchmark_vae_runs_in_a_worker_thread_as_comfyui_does():
     def in_main() -> bool:
         return threading.current_thread() is threading.main_thread()
 
-    assert benchmark_vae.in_worker_thread(in_main) is False
-    assert benchmark_vae.in_worker_thread(in_main, main_thread=True) is True
+    assert in_worker_thread(in_main) is False
+    assert in_worker_thread(in_main, main_thread=True) is True
     with pytest.raises(ZeroDivisionError):
-        benchmark_vae.in_worker_thread(lambda: 1 / 0)
+        in_worker_thread(lambda: 1 / 0)

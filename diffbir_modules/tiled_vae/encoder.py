@@ -46,8 +46,8 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
         t = tile + 2 * TILE_HALO_PX
         return vae.memory_used_encode((1, 3, min(h, t), min(w, t)), dtype)
 
-    tile = load_and_pick_tile(vae, memory, tile_size, max(h, w),
-                              prefer_tiles=tiles_beat_untiled(vae, "encode", max(h, w)))
+    longest = max(h, w)
+    tile = load_and_pick_tile(vae, memory, tile_size, longest, prefer_tiles=tiles_beat_untiled(vae, "encode", longest))
     if not tile or (tile >= h and tile >= w):
         log.info("DiffBIR VAE encode: %dx%d px untiled", w, h)
         with untiled_progress(encoder_blocks(enc) if progress else [], b):
