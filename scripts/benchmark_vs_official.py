@@ -299,6 +299,17 @@ def official_child(spec: dict) -> dict:
 
 # --- the pack's side ------------------------------------------------------------------------------------
 
+def set_widgets(prompt: dict, widgets: list) -> None:
+    """``--set NODE.INPUT=VALUE`` pairs ([["NODE.INPUT", "VALUE"], ...]) applied to every node of that type."""
+    for target, value in widgets:
+        kind, name = target.split(".", 1)
+        matching = [node for node in prompt.values() if node["class_type"] == kind]
+        if not matching:
+            raise ValueError(f"--set {target}: the workflow has no {kind} node")
+        for node in matching:
+            node["inputs"][name] = value
+
+
 def pack_child(spec: dict) -> dict:
     import torch
 
@@ -357,6 +368,7 @@ def pack_child(spec: dict) -> dict:
             inputs["ircontrolnet_name"] = Path(spec["ircontrolnet"]).name
         elif kind == "DiffBIRStage1Loader":
             inputs["model_name"] = Path(spec["stage1"]).name
+    set_widgets(prompt, spec.get("widgets", []))
     server = TimedServer()
     comfy_utils.set_progress_bar_global_hook(
         lambda value, total, preview, node_id=None: server.events.append(
@@ -556,6 +568,9 @@ def main(argv=None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for both sides' processes (repeatable), e.g. "
                              "--env GLIBC_TUNABLES=glibc.malloc.arena_max=1")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", dest="widgets",
+                        help="a widget of the shipped workflow changed on the pack side (repeatable), by node type, "
+                             "e.g. --set DiffBIRModelSampling.cpu_precision=bf16")
     parser.add_argument("--save-image", action="store_true",
                         help="keep the pack's final image beside --out (same name, .png): to compare options")
     parser.add_argument("--sides", default="official,pack",
@@ -580,12 +595,15 @@ def main(argv=None) -> int:
         parser.error("--sides names neither official nor pack")
     if any("=" not in item for item in args.env):
         parser.error("--env takes NAME=VALUE")
+    if any("=" not in item or "." not in item.split("=", 1)[0] for item in args.widgets):
+        parser.error("--set takes NODE.INPUT=VALUE")
     models = build_models(args.variant, args.python)
     from diffbir_modules import prompts  # plain Python (no ComfyUI import): the official v2.1 prompts
 
     spec = dict(models, size=args.size, steps=args.steps, tiled=args.tiled, variant=args.variant,
                 device=args.device, precision=args.precision, threads=args.threads, python=args.python,
                 comfy_args=args.comfy_args.split(), env=dict(item.split("=", 1) for item in args.env),
+                widgets=[item.split("=", 1) for item in args.widgets],
                 image_out=str(args.out.with_suffix(".png").resolve()) if args.save_image else None,
                 prompts=list(prompts.default_prompts("v2.1")),
                 official_unet=dict(channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2]))

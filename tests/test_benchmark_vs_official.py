@@ -125,6 +125,28 @@ def test_comfy_options_and_the_saved_image_reach_the_pack_side(tmp_path, monkeyp
     assert shown["comfy_args"] == ["--bf16-unet", "--use-pytorch-cross-attention"]
 
 
+def test_set_changes_a_widget_of_the_shipped_workflow_on_the_pack_side(tmp_path, monkeypatch):
+    """--set NODE.INPUT=VALUE reaches the pack side's spec and changes that input of every node of the type in
+    the prompt; a type the workflow lacks is an error, and so is an argument without NODE. and =."""
+    seen = []
+    monkeypatch.setattr(bench, "build_models", lambda variant, python: {"checkpoint": str(tmp_path / "sd.safetensors")})
+    monkeypatch.setattr(bench, "run_side", lambda side, spec, timeout: seen.append(dict(spec)) or result(1.0, [1.0]))
+    assert bench.main(["--sides", "pack", "--set", "DiffBIRModelSampling.cpu_precision=bf16",
+                       "--out", str(tmp_path / "set.json")]) == 0
+    [spec] = seen
+    assert spec["widgets"] == [["DiffBIRModelSampling.cpu_precision", "bf16"]]
+    prompt = {"1": {"class_type": "DiffBIRModelSampling", "inputs": {"version": "v2.1"}},
+              "2": {"class_type": "KSampler", "inputs": {"cfg": 6.0}}}
+    bench.set_widgets(prompt, spec["widgets"])
+    assert prompt["1"]["inputs"] == {"version": "v2.1", "cpu_precision": "bf16"}
+    assert prompt["2"]["inputs"] == {"cfg": 6.0}
+    with pytest.raises(ValueError, match="the workflow has no DiffBIRFaceRestore node"):
+        bench.set_widgets(prompt, [["DiffBIRFaceRestore.strength", "1"]])
+    for bad in ("cpu_precision=bf16", "DiffBIRModelSampling.cpu_precision"):
+        with pytest.raises(SystemExit):
+            bench.main(["--sides", "pack", "--set", bad, "--out", str(tmp_path / "bad.json")])
+
+
 def test_env_reaches_the_side_process(tmp_path, monkeypatch):
     """--env NAME=VALUE is set in the side's process environment (on top of this one's); without = it is refused."""
     seen = []
