@@ -6,6 +6,7 @@ memory and the largest difference, encode and decode, SD 2.x KL autoencoder in i
     .venv/bin/python -m scripts.benchmark_vae --sizes 512 1024 --tile 512 --json vae.json
     .venv/bin/python -m scripts.benchmark_vae --sizes 1024 --tile 0      # the automatic choice
     .venv/bin/python -m scripts.benchmark_vae --sizes 2048 --tile 512 --rounds 1 --exact-only
+    .venv/bin/python -m scripts.benchmark_vae --sizes 1024 --tile 512 --exact-only --replay full
 
 ``--tile 0`` measures the automatic choice (DiffBIR VAE Encode / Decode with tile_size 0); a tile
 forces the tiled path a large image takes. The two sides alternate within each round, so a busy machine
@@ -13,6 +14,10 @@ slows both alike; the reported time is the median of the rounds. Everything runs
 ComfyUI's server runs prompts (``--main-thread``: in the main thread; on Linux glibc's allocator treats
 the two differently, see ``scripts.in_worker_thread``). ``--exact-only`` skips ComfyUI's side (at 2048 px its
 untiled CPU pass takes minutes and most of the memory): time and peak of the exact tiles alone.
+``--replay``: which levels of the exact tiles replay instead of parking their state (docs/tiling.md):
+``auto`` as the nodes choose (from free memory), ``none``, ``full`` (the full-resolution level, what
+``auto`` picks first when memory is short) or ``all``; the result is the same bit for bit, time and
+memory differ. Peaks are above the start of each call, so compare two choices in two runs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from pathlib import Path
 
 from scripts import in_worker_thread, recorded_command
 from scripts.benchmark_tiling import RssWatch
+
+# --replay: the exact tiled VAE's ``replay`` argument ("full": the full-resolution level, auto's first pick)
+REPLAY = {"auto": None, "none": False, "full": {0}, "all": True}
 
 
 class _Recorder:
@@ -53,7 +61,8 @@ class _Recorder:
         return out
 
 
-def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: bool = False) -> dict:
+def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: bool = False,
+            replay: str = "auto") -> dict:
     import torch
 
     from devkit import comfy_runtime, model_factory
@@ -70,16 +79,17 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
     del weights
     report = {"tile": tile, "rounds": rounds, "threads": threads, "device": f"cpu ({platform.machine()}, "
               f"{os.cpu_count()} cores)", "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
-              "exact_only": exact_only, "sizes": {}}
+              "exact_only": exact_only, "replay": replay, "sizes": {}}
     for size in sizes:
         pixels = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(size))
         sides = ("exact",) if exact_only else ("comfyui", "exact")
+        options = {"progress": False, "replay": REPLAY[replay]}
         record = _Recorder([f"{side}_{stage}" for stage in ("encode", "decode") for side in sides])
         with torch.inference_mode():
             for _ in range(rounds):
-                exact_latent = record("exact_encode", partial(tiled_vae.encode, vae, pixels, tile, progress=False))
+                exact_latent = record("exact_encode", partial(tiled_vae.encode, vae, pixels, tile, **options))
                 latent = exact_latent if exact_only else record("comfyui_encode", partial(vae.encode, pixels))
-                exact_image = record("exact_decode", partial(tiled_vae.decode, vae, latent, tile, progress=False))
+                exact_image = record("exact_decode", partial(tiled_vae.decode, vae, latent, tile, **options))
                 if not exact_only:
                     encode_error = float((exact_latent - latent).abs().max() / latent.abs().max())
                     image = record("comfyui_decode", partial(vae.decode, latent))
@@ -117,10 +127,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--exact-only", action="store_true", help="time the exact tiles only, not ComfyUI's VAE")
+    parser.add_argument("--replay", choices=list(REPLAY), default="auto",
+                        help="exact tiles: levels that replay instead of parking (auto: as the nodes choose)")
     parser.add_argument("--main-thread", action="store_true",
                         help="run in the main thread instead of a worker thread as ComfyUI's server runs prompts")
     args = parser.parse_args(argv)
-    report = in_worker_thread(partial(measure, args.sizes, args.tile, args.rounds, args.threads, args.exact_only),
+    report = in_worker_thread(partial(measure, args.sizes, args.tile, args.rounds, args.threads, args.exact_only,
+                                      args.replay),
                               args.main_thread)
     report["thread"] = "main" if args.main_thread else "worker, as ComfyUI's server runs prompts"
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -38,3 +38,19 @@ def test_benchmark_vae_runs_in_a_worker_thread_as_comfyui_does():
     assert in_worker_thread(in_main, main_thread=True) is True
     with pytest.raises(ZeroDivisionError):
         in_worker_thread(lambda: 1 / 0)
+
+
+def test_benchmark_vae_replay_choice(comfy, monkeypatch):
+    """--replay reaches the exact tiled VAE as its ``replay`` argument (auto: None, none: False, full: level 0,
+    all: True)."""
+    from devkit import comfy_runtime
+
+    tiled_vae = comfy_runtime.pack_module("diffbir_modules.tiled_vae")
+    seen = []
+    for name in ("encode", "decode"):
+        real = getattr(tiled_vae, name)
+        monkeypatch.setattr(tiled_vae, name, lambda *a, _real=real, **k: seen.append(k["replay"]) or _real(*a, **k))
+    for choice, expected in (("all", True), ("none", False), ("full", {0})):
+        seen.clear()
+        report = benchmark_vae.measure([128], tile=64, rounds=1, threads=2, exact_only=True, replay=choice)
+        assert seen == [expected, expected] and report["replay"] == choice
