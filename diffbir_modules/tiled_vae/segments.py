@@ -7,7 +7,7 @@ from collections.abc import Callable, Generator
 
 import torch
 
-from .network import request, resblock, silu_, upsample_conv
+from .network import normalize, request, resblock, resume, silu_, upsample_conv
 
 UP, SAME, DOWN = "up", "same", "down"
 TILE_HALO_PX = 16  # for memory estimates: the largest halo of a segment, in image pixels
@@ -43,8 +43,8 @@ def decoder_segments(dec) -> list[Segment]:
         return program
 
     def head(box: list) -> Generator:
-        h, _ = yield request(dec.norm_out, box)
-        h = dec.conv_out(silu_(h))
+        h, _, affine = resume((yield request(dec.norm_out, box)))
+        h = dec.conv_out(silu_(normalize(h, affine, in_place=True)))
         if getattr(dec, "tanh_out", False):
             h = torch.tanh(h)
         return h

@@ -1,0 +1,43 @@
+"""Bytes of tensor storage alive at once, counted exactly while some code runs: a deterministic
+stand-in for the resident-memory peak of the CPU allocator (which glibc's arenas blur), for tests
+that bound how much a piece of code holds at a time."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Counts every storage an operation creates inside the ``with`` block until it is freed, and
+    keeps the peak of the sum. Storages that exist before (weights, inputs: pass their tensors as
+    ``existing``) are not counted, whatever views of them the code takes."""
+
+    def __init__(self, existing=()):
+        super().__init__()
+        self._ignored = {t.untyped_storage().data_ptr() for t in existing}
+        self._alive: set[int] = set()
+        self.live = self.peak = 0
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._alive.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self._alive or key in self._ignored:
+                continue
+            self._alive.add(key)
+            self.live += nbytes
+            # PyTorch keeps one Python object per storage: it dies with the storage's last tensor
+            weakref.finalize(storage, self._freed, key, nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
