@@ -146,12 +146,13 @@ def _lockstep(segment: Segment, source: TiledMap, target: TiledMap, device, park
             meter.measure(source.tensors(), [t for r in requests.values() for t in (r[1], *r[2])])
     on_pass()
     while requests:
-        mean, var = stats.result()
+        # every waiting tile stopped at the same GroupNorm of the segment
+        affine = _affine(next(iter(requests.values()))[0], *stats.result(), device)
         stats = _Stats()
         comfy.model_management.throw_exception_if_processing_interrupted()
         for i in list(requests):
-            norm, t, carry = requests.pop(i)
-            sent = ([t.to(device), *(c.to(device) for c in carry)], _affine(norm, mean, var, device))
+            _, t, carry = requests.pop(i)
+            sent = ([t.to(device), *(c.to(device) for c in carry)], affine)
             del t, carry  # the tile empties the box in ``sent`` (network.resume): no reference left here
             try:
                 advance(i, programs[i].send(sent), False)
@@ -183,10 +184,10 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
             del x
             try:
                 request = next(program)
-                for mean, var in known:
-                    norm, t, carry = request
+                for affine in known:
+                    _, t, carry = request
                     del request
-                    sent = ([t, *carry], _affine(norm, mean, var, t.device))
+                    sent = ([t, *carry], affine)
                     del t, carry
                     request = program.send(sent)
                     del sent
@@ -207,7 +208,7 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
         on_pass()
         if final:
             return
-        known.append(stats.result())
+        known.append(_affine(norm, *stats.result(), device))  # the GroupNorm every tile stopped at
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
