@@ -7,6 +7,7 @@ memory and the largest difference, encode and decode, SD 2.x KL autoencoder in i
     .venv/bin/python -m scripts.benchmark_vae --sizes 1024 --tile 0      # the automatic choice
     .venv/bin/python -m scripts.benchmark_vae --sizes 2048 --tile 512 --rounds 1 --exact-only
     .venv/bin/python -m scripts.benchmark_vae --sizes 1024 --tile 512 --exact-only --replay full
+    .venv/bin/python -m scripts.benchmark_vae --sizes 1024 --tile 512 --exact-only --count-tensors
 
 ``--tile 0`` measures the automatic choice (DiffBIR VAE Encode / Decode with tile_size 0); a tile
 forces the tiled path a large image takes. The two sides alternate within each round, so a busy machine
@@ -18,6 +19,11 @@ untiled CPU pass takes minutes and most of the memory): time and peak of the exa
 ``auto`` as the nodes choose (from free memory), ``none``, ``full`` (the full-resolution level, what
 ``auto`` picks first when memory is short) or ``all``; the result is the same bit for bit, time and
 memory differ. Peaks are above the start of each call, so compare two choices in two runs.
+``--count-tensors``: after the timed rounds, one more call of each side and stage under an exact count
+of the tensor bytes alive at once (devkit/live_memory.py; the weights and the input not counted): what
+the code holds, without the allocator's retention that blurs the resident peak. Counting slows the call,
+so it is not timed; ``--rounds 0 --count-tensors`` counts without timing (the counts do not depend on
+what else the machine runs).
 """
 
 from __future__ import annotations
@@ -61,8 +67,18 @@ class _Recorder:
         return out
 
 
+def _count(call, existing) -> tuple:
+    """``call()``'s result and the peak bytes of the tensors it held at once (``existing`` not counted)."""
+    from devkit.live_memory import LiveTensorBytes
+
+    counter = LiveTensorBytes(existing=existing)
+    with counter:
+        out = call()
+    return out, counter.peak
+
+
 def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: bool = False,
-            replay: str = "auto") -> dict:
+            replay: str = "auto", count_tensors: bool = False) -> dict:
     import torch
 
     from devkit import comfy_runtime, model_factory
@@ -79,7 +95,8 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
     del weights
     report = {"tile": tile, "rounds": rounds, "threads": threads, "device": f"cpu ({platform.machine()}, "
               f"{os.cpu_count()} cores)", "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
-              "exact_only": exact_only, "replay": replay, "sizes": {}}
+              "exact_only": exact_only, "replay": replay, "count_tensors": count_tensors, "sizes": {}}
+    weights_and_buffers = [*vae.first_stage_model.parameters(), *vae.first_stage_model.buffers()]
     for size in sizes:
         pixels = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(size))
         sides = ("exact",) if exact_only else ("comfyui", "exact")
@@ -95,16 +112,30 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
                     image = record("comfyui_decode", partial(vae.decode, latent))
                     decode_error = float((exact_image - image).abs().max())
                 del exact_image
-        runs, peaks = record.seconds, record.peaks
-        medians = {key: statistics.median(values) for key, values in runs.items()}
-        cpu = {key: statistics.median(values) for key, values in record.cpu_seconds.items()}
-        row = {
-            "seconds": {key: round(value, 2) for key, value in medians.items()},
-            "all_seconds": {key: [round(v, 2) for v in values] for key, values in runs.items()},
-            "cpu_seconds": {key: round(value, 2) for key, value in cpu.items()},
-            "peak_above_start_gib": {key: round(value / 2**30, 3) for key, value in peaks.items()},
-        }
-        if not exact_only:
+            live = {}
+            if count_tensors:
+                existing = [*weights_and_buffers, pixels]
+                latent, live["exact_encode"] = _count(partial(tiled_vae.encode, vae, pixels, tile, **options), existing)
+                if not exact_only:
+                    latent, live["comfyui_encode"] = _count(partial(vae.encode, pixels), existing)
+                existing.append(latent)
+                _, live["exact_decode"] = _count(partial(tiled_vae.decode, vae, latent, tile, **options), existing)
+                if not exact_only:
+                    _, live["comfyui_decode"] = _count(partial(vae.decode, latent), existing)
+        row = {}
+        if rounds:
+            runs, peaks = record.seconds, record.peaks
+            medians = {key: statistics.median(values) for key, values in runs.items()}
+            cpu = {key: statistics.median(values) for key, values in record.cpu_seconds.items()}
+            row.update({
+                "seconds": {key: round(value, 2) for key, value in medians.items()},
+                "all_seconds": {key: [round(v, 2) for v in values] for key, values in runs.items()},
+                "cpu_seconds": {key: round(value, 2) for key, value in cpu.items()},
+                "peak_above_start_gib": {key: round(value / 2**30, 3) for key, value in peaks.items()},
+            })
+        if count_tensors:
+            row["live_tensor_peak_bytes"] = live
+        if rounds and not exact_only:
             row.update({
                 "encode_cpu_ratio": round(cpu["exact_encode"] / cpu["comfyui_encode"], 2),
                 "decode_cpu_ratio": round(cpu["exact_decode"] / cpu["comfyui_decode"], 2),
@@ -118,40 +149,58 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
     return report
 
 
+def _summary(row: dict, exact_only: bool) -> list[str]:
+    """The printed lines of one size: times and peaks where rounds ran, tensor counts where counted."""
+    s, p, live = row.get("seconds"), row.get("peak_above_start_gib"), row.get("live_tensor_peak_bytes", {})
+    sides = ("exact",) if exact_only else ("exact", "comfyui")
+    lines = []
+    for stage in ("encode", "decode"):
+        parts = []
+        if s and exact_only:
+            parts.append(f"exact tiled {s['exact_' + stage]:.2f} s, peak +{p['exact_' + stage]:.2f} GiB")
+        elif s:
+            parts.append(f"exact tiled {s['exact_' + stage]:.2f} s vs ComfyUI {s['comfyui_' + stage]:.2f} s "
+                         f"({row[stage + '_ratio']:.2f}x; CPU time {row[stage + '_cpu_ratio']:.2f}x), peak "
+                         f"+{p['exact_' + stage]:.2f} vs +{p['comfyui_' + stage]:.2f} GiB")
+        if live:
+            names = {"exact": "exact tiled", "comfyui": "ComfyUI"}
+            parts.append("tensors alive at once: " + ", ".join(
+                f"{names[side]} {live[f'{side}_{stage}'] / 2**30:.3f} GiB" for side in sides))
+        lines.append(f"  {stage}: " + "; ".join(parts))
+    if s and not exact_only:
+        lines.append(f"  largest difference: latent {row['encode_max_relative_difference']:.1e} relative, "
+                     f"image {row['decode_max_difference']:.1e}")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512])
     parser.add_argument("--tile", type=int, default=256,
                         help="exact tiled VAE tile, pixels (multiple of 64; 0 = the automatic choice)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds (0: no timing, only --count-tensors)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--exact-only", action="store_true", help="time the exact tiles only, not ComfyUI's VAE")
     parser.add_argument("--replay", choices=list(REPLAY), default="auto",
                         help="exact tiles: levels that replay instead of parking (auto: as the nodes choose)")
+    parser.add_argument("--count-tensors", action="store_true",
+                        help="also count the tensor bytes alive at once in one more (untimed) call of each side")
     parser.add_argument("--main-thread", action="store_true",
                         help="run in the main thread instead of a worker thread as ComfyUI's server runs prompts")
     args = parser.parse_args(argv)
+    if args.rounds < 0 or (args.rounds == 0 and not args.count_tensors):
+        parser.error("--rounds must be at least 1, or 0 with --count-tensors")
     report = in_worker_thread(partial(measure, args.sizes, args.tile, args.rounds, args.threads, args.exact_only,
-                                      args.replay),
+                                      args.replay, args.count_tensors),
                               args.main_thread)
     report["thread"] = "main" if args.main_thread else "worker, as ComfyUI's server runs prompts"
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report["command"] = recorded_command("scripts.benchmark_vae", argv if argv is not None else sys.argv[1:], "--json")
     for size, row in report["sizes"].items():
-        s, p = row["seconds"], row["peak_above_start_gib"]
         print(f"{size} px, {f'{args.tile} px tiles' if args.tile else 'automatic tile'}:")
-        for stage in ("encode", "decode"):
-            if args.exact_only:
-                print(f"  {stage}: exact tiled {s['exact_' + stage]:.2f} s, peak +{p['exact_' + stage]:.2f} GiB")
-                continue
-            print(f"  {stage}: exact tiled {s['exact_' + stage]:.2f} s vs ComfyUI {s['comfyui_' + stage]:.2f} s "
-                  f"({row[stage + '_ratio']:.2f}x; CPU time {row[stage + '_cpu_ratio']:.2f}x), peak "
-                  f"+{p['exact_' + stage]:.2f} vs +{p['comfyui_' + stage]:.2f} GiB")
-        if args.exact_only:
-            continue
-        print(f"  largest difference: latent {row['encode_max_relative_difference']:.1e} relative, "
-              f"image {row['decode_max_difference']:.1e}")
+        print("\n".join(_summary(row, args.exact_only)))
     start, end = (" ".join(f"{v:.2f}" for v in report[key]) for key in ("load_average_at_start", "load_average_at_end"))
     print(f"load average (1, 5, 15 min) at start {start}, at end {end}")
     if args.json:

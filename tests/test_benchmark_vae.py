@@ -24,6 +24,21 @@ def test_benchmark_vae_exact_only(comfy):
     assert set(row["peak_above_start_gib"]) == {"exact_encode", "exact_decode"}
 
 
+def test_benchmark_vae_counts_tensors(comfy):
+    """--count-tensors reports, per side and stage, the exact bytes of tensors alive at once in one more
+    call: not the weights (0.31 GiB here) and never less than the exact decode's floor; with no timed
+    rounds it only counts."""
+    row = benchmark_vae.measure([128], tile=64, rounds=0, threads=2, count_tensors=True)["sizes"]["128"]
+    assert "seconds" not in row and "peak_above_start_gib" not in row
+    live = row["live_tensor_peak_bytes"]
+    assert set(live) == {"comfyui_encode", "exact_encode", "comfyui_decode", "exact_decode"}
+    full_map = 128 * 128 * 128 * 4  # one 128-channel fp32 map at full resolution
+    # the exact decode parks two such maps for its GroupNorm statistics, and returns the image
+    assert live["exact_decode"] > 2 * full_map + 3 * 128 * 128 * 4
+    # measured 0.024-0.040 GiB for the four calls; the weights alone would add 0.31 GiB
+    assert all(0 < value < 0.1 * 2**30 for value in live.values()), live
+
+
 def test_benchmark_vae_runs_in_a_worker_thread_as_comfyui_does():
     """The measurement runs in a thread of its own (ComfyUI's prompt worker), errors reach the caller,
     and --main-thread runs it in the caller's thread."""

@@ -5,7 +5,8 @@ import copy
 
 import pytest
 import torch
-from live_memory import LiveTensorBytes
+
+from devkit.live_memory import LiveTensorBytes
 
 H, W = 64, 320  # five 64 px tiles in a row: the middle ones have real margins on both sides
 
