@@ -22,8 +22,8 @@ memory differ. Peaks are above the start of each call, so compare two choices in
 ``--count-tensors``: after the timed rounds, one more call of each side and stage under an exact count
 of the tensor bytes alive at once (devkit/live_memory.py; the weights and the input not counted): what
 the code holds, without the allocator's retention that blurs the resident peak. Counting slows the call,
-so it is not timed; ``--rounds 0 --count-tensors`` counts without timing (the counts do not depend on
-what else the machine runs).
+so it is not timed; ``--rounds 0 --count-tensors`` counts without timing (with a ``--replay`` other than
+``auto``, which chooses from free memory, the counts do not depend on what else the machine runs).
 """
 
 from __future__ import annotations
