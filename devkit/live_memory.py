@@ -41,3 +41,20 @@ class LiveTensorBytes(TorchDispatchMode):
             weakref.finalize(storage, self._freed, key, nbytes)
         self.peak = max(self.peak, self.live)
         return out
+
+
+class StageTensorBytes(LiveTensorBytes):
+    """LiveTensorBytes that also keeps the peak per stage: set ``stage`` as the code moves from one part
+    to the next, and ``peaks[stage]`` is the most alive at once while it ran (counting what earlier
+    stages left alive)."""
+
+    def __init__(self, existing=(), stage: str = "other"):
+        super().__init__(existing)
+        self.stage = stage
+        self.peaks: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self.live > self.peaks.get(self.stage, -1):
+            self.peaks[self.stage] = self.live
+        return out

@@ -6,6 +6,7 @@ time and peak memory for both and their ratios (pack / official: below 1 is fast
     .venv/bin/python -m scripts.benchmark_vs_official --size 2048 --tiled  # large image, tiled both sides
     .venv/bin/python -m scripts.benchmark_vs_official --variant small --steps 2 --size 256   # quick check
     .venv/bin/python -m scripts.benchmark_vs_official --sides pack --comfy-args=--bf16-unet  # a ComfyUI option
+    .venv/bin/python -m scripts.benchmark_vs_official --size 1024 --count-tensors   # what each stage holds
 
 Needs the official code's environment beside the pack's (``scripts/setup.sh``): ``.venv-official``
 (``tools/goldens/setup.sh``) and a clone of the official repository (tools/goldens/official.py says
@@ -33,7 +34,11 @@ the official code encodes them again).
 Stages: stage 1 (cleaner), text encoding, VAE encode, sampling (also per cfg step: the median over
 steps of one step's model calls, cond + uncond), VAE decode, colour fix + resize. Peak memory: the
 process's peak resident set (Linux VmHWM, reset at each stage) and, on CUDA, max_memory_allocated.
-Weights: the random-weight models of tests/model_factory.py in the published layouts ("full": the
+``--count-tensors`` also counts, exactly, the bytes of tensors alive at once in the reported run, per
+stage (devkit/live_memory.py; the weights, loaded before it, are not counted; what earlier stages left
+alive is): what each side's code holds, without the allocator's share of the resident peak. The count
+slows the run, so its times are not comparable with a run without it.
+Weights: the random-weight models of devkit/model_factory.py in the published layouts ("full": the
 sizes of SD 2.1, DiffBIR_v2.1.pt and realesrgan_s4_swinir_100k.pth; built once, cached).
 """
 
@@ -135,11 +140,40 @@ def progress(phase: str, stage: str, event: str, **fields) -> None:
                                      "rss": _vm("VmRSS"), **fields}) + "\n")
 
 
-class StageClock:
-    """Accumulates wall time and the peak memory per stage of one run (``phase``: warm_up or run)."""
+def tensor_counter(spec: dict, phase: str, stage: str = "other"):
+    """With --count-tensors, the exact counter of the tensors alive at once per stage for the reported
+    run (devkit/live_memory.py; what existed before it, the weights, is not counted), else None."""
+    if not spec.get("count_tensors") or phase != "run":
+        return None
+    from devkit.live_memory import StageTensorBytes
 
-    def __init__(self, phase: str = "run"):
+    return StageTensorBytes(stage=stage)
+
+
+def tensor_peaks(counter) -> dict:
+    """A run's result entries from its tensor counter: the peak per stage and over the whole run, bytes."""
+    if counter is None:
+        return {}
+    return {"tensor_peaks": dict(counter.peaks, whole=counter.peak)}
+
+
+def counted(counter, run):
+    """``run()``, under ``counter`` where there is one (in the thread that does the work: a dispatch mode
+    is per thread)."""
+    if counter is None:
+        return run()
+    with counter:
+        return run()
+
+
+class StageClock:
+    """Accumulates wall time and the peak memory per stage of one run (``phase``: warm_up or run); with a
+    tensor ``counter``, each timed stage is its stage while it runs (else the counter's first stage)."""
+
+    def __init__(self, phase: str = "run", counter=None):
         self.phase = phase
+        self.counter = counter
+        self.between = counter.stage if counter is not None else None
         self.stages: dict[str, dict] = {}
         self.steps: list[float] = []
 
@@ -153,9 +187,13 @@ class StageClock:
         def wrapper(*args, **kwargs):
             reset_peak()
             progress(self.phase, stage, "start")
+            if self.counter is not None:
+                self.counter.stage = stage
             start = now()
             out = fn(*args, **kwargs)
             seconds, memory = now() - start, peak()
+            if self.counter is not None:
+                self.counter.stage = self.between
             self.add(stage, seconds, memory)
             progress(self.phase, stage, "end", s=seconds, peak_rss=memory.get("peak_rss"))
             return out
@@ -262,7 +300,8 @@ def official_child(spec: dict) -> dict:
     pipe = pipelines.SwinIRPipeline(cleaner, cldm, diffusion, None, device)
     runs = []
     for phase, (shift, steps, size) in zip(("warm_up", "run"), warm_up_then_run(spec)):
-        clock = StageClock(phase)
+        # outside the timed stages the official pipeline pads, colour-fixes and resizes
+        clock = StageClock(phase, tensor_counter(spec, phase, stage="colour_fix_resize"))
         pipe.apply_cleaner = clock.timed("stage1", pipelines.SwinIRPipeline.apply_cleaner.__get__(pipe))
         cldm.clip.encode = clock.timed("text", type(cldm.clip).encode.__get__(cldm.clip))
         cldm.vae_encode = clock.timed("vae_encode", ControlLDM.vae_encode.__get__(cldm))
@@ -285,15 +324,15 @@ def official_child(spec: dict) -> dict:
         start = now()
         # as the official loop runs it: under autocast to --precision (fp32: autocast disables itself)
         with torch.no_grad(), torch.autocast(device, dtype):
-            out = pipe.run(lq[None], steps, 1.0, tiled, 512, 256, tiled, 256, tiled, 256, tiled, 512, 256,
-                           positive, negative, cfg, "noise", "edm_dpm++_3m_sde", 0, False, 0.0, 0.0, 300.0, 1.0,
-                           1.0, 1)
+            out = counted(clock.counter, partial(
+                pipe.run, lq[None], steps, 1.0, tiled, 512, 256, tiled, 256, tiled, 256, tiled, 512, 256,
+                positive, negative, cfg, "noise", "edm_dpm++_3m_sde", 0, False, 0.0, 0.0, 300.0, 1.0, 1.0, 1))
         total = now() - start
         other = total - sum(v["s"] for v in clock.stages.values())
         clock.add("colour_fix_resize", max(other, 0.0), peak())
         clock.steps = steps_from_calls(call_times, steps)
         runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS"),
-                     "output": list(np.asarray(out).shape)})
+                     "output": list(np.asarray(out).shape), **tensor_peaks(clock.counter)})
     return {"load": load, "run": runs[-1], "warm_up": runs[0], "runtime": runtime(device)}
 
 
@@ -342,6 +381,7 @@ def pack_child(spec: dict) -> dict:
             self.events = []
 
         phase, running = "warm_up", None  # running: (stage, start) of the node executing now
+        counter = None  # the reported run's tensor counter (--count-tensors)
 
         def send_sync(self, event, data, sid=None):
             stamp, memory = now(), (peak() if event == "executing" else None)
@@ -355,6 +395,8 @@ def pack_child(spec: dict) -> dict:
                 if node is not None:
                     self.running = (NODE_STAGES.get(prompt[node]["class_type"], "other"), stamp)
                     progress(self.phase, self.running[0], "start", node=node)
+                    if self.counter is not None:
+                        self.counter.stage = self.running[0]
                 reset_peak()
             super().send_sync(event, data, sid)
 
@@ -379,7 +421,7 @@ def pack_child(spec: dict) -> dict:
     load = None
     runs = []
     for phase, (shift, steps, size) in zip(("warm_up", "run"), warm_up_then_run(spec)):
-        server.phase = phase
+        server.phase, server.counter = phase, tensor_counter(spec, phase)
         name = f"benchmark_{shift}.png"
         input_image(size, shift).save(base / "input" / name)
         for node in prompt.values():
@@ -391,7 +433,8 @@ def pack_child(spec: dict) -> dict:
         reset_peak()
         run_start = now()
         targets = [k for k, n in prompt.items() if n["class_type"] == "SaveImage"]
-        in_worker_thread(partial(executor.execute, prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets))
+        in_worker_thread(partial(counted, server.counter, partial(
+            executor.execute, prompt, f"benchmark-{shift}", {"client_id": "benchmark"}, targets)))
         total = now() - run_start
         if not executor.success:
             raise RuntimeError(f"the workflow failed: {executor.status_messages}")
@@ -410,7 +453,8 @@ def pack_child(spec: dict) -> dict:
         clock.steps = step_times(progress_events, steps)
         if load is None:  # ComfyUI started; it reads the weights during the first run
             load = {"s": run_start - start}
-        runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS")})
+        runs.append({"total_s": total, "stages": clock.stages, "steps": clock.steps, "rss_after": _vm("VmRSS"),
+                     **tensor_peaks(server.counter)})
     if spec.get("image_out"):  # the reported run's image: the newest one SaveImage wrote
         saved = max((base / "output").rglob("*.png"), key=lambda p: p.stat().st_mtime)
         shutil.copyfile(saved, spec["image_out"])
@@ -512,6 +556,10 @@ def median_of(results: list[dict], getter) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _in_gib(count: int | None) -> float | None:
+    return None if count is None else count / 1024 ** 3
+
+
 def report(results: dict[str, list[dict]], spec: dict) -> dict:
     rows = []
 
@@ -533,10 +581,15 @@ def report(results: dict[str, list[dict]], spec: dict) -> dict:
     for stage in ("stage1", "vae_encode", "sampling", "vae_decode"):
         row(f"  peak RSS {stage}", lambda r, s=stage: (r["run"]["stages"].get(s, {}).get("peak_rss") or 0) / gib,
             "GiB")
+    if spec.get("count_tensors"):
+        for stage in ("whole", "stage1", "vae_encode", "sampling", "vae_decode"):
+            name = "tensors alive at once, " + ("whole run" if stage == "whole" else stage)
+            row(name, lambda r, s=stage: _in_gib((r["run"].get("tensor_peaks") or {}).get(s)), "GiB")
     if spec["device"] != "cpu":
         row("peak CUDA memory", lambda r: max(v["cuda_peak"] for v in r["run"]["stages"].values()) / gib, "GiB")
     failed = {side: [r["failed"] for r in side_results if "failed" in r] for side, side_results in results.items()}
-    return {"rows": rows, "failed": {side: reasons for side, reasons in failed.items() if reasons}}
+    return {"rows": rows, "failed": {side: reasons for side, reasons in failed.items() if reasons},
+            "counted": bool(spec.get("count_tensors"))}
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -548,6 +601,9 @@ def markdown(summary: dict, meta: dict) -> str:
         lines.append(f"| {r['what']} | {official} | {pack} | {ratio} |")
     for side, reasons in summary.get("failed", {}).items():
         lines += ["", *(f"{side} did not finish: {reason}" for reason in reasons)]
+    if summary.get("counted"):
+        lines += ["", "The reported runs ran under the exact tensor count (--count-tensors), which slows them: "
+                  "take times from a run without it."]
     return "\n".join(lines)
 
 
@@ -571,6 +627,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", dest="widgets",
                         help="a widget of the shipped workflow changed on the pack side (repeatable), by node type, "
                              "e.g. --set DiffBIRModelSampling.cpu_precision=bf16")
+    parser.add_argument("--count-tensors", action="store_true",
+                        help="count the bytes of tensors alive at once per stage of the reported run, exactly "
+                             "(not the allocator's resident memory); slows that run, so its times are not comparable")
     parser.add_argument("--save-image", action="store_true",
                         help="keep the pack's final image beside --out (same name, .png): to compare options")
     parser.add_argument("--sides", default="official,pack",
@@ -603,7 +662,7 @@ def main(argv=None) -> int:
     spec = dict(models, size=args.size, steps=args.steps, tiled=args.tiled, variant=args.variant,
                 device=args.device, precision=args.precision, threads=args.threads, python=args.python,
                 comfy_args=args.comfy_args.split(), env=dict(item.split("=", 1) for item in args.env),
-                widgets=[item.split("=", 1) for item in args.widgets],
+                widgets=[item.split("=", 1) for item in args.widgets], count_tensors=args.count_tensors,
                 image_out=str(args.out.with_suffix(".png").resolve()) if args.save_image else None,
                 prompts=list(prompts.default_prompts("v2.1")),
                 official_unet=dict(channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2]))

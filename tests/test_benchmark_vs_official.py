@@ -189,3 +189,37 @@ def test_one_interpreter_for_both_sides(tmp_path, monkeypatch):
     assert report["spec"]["python"] == "python3" and str(tmp_path) not in json.dumps(report)
     assert report["meta"]["device"] == "NVIDIA H100 80GB HBM3"
     assert "--python python3 --device cuda" in report["meta"]["command"]
+
+
+def test_count_tensors_per_stage(tmp_path, monkeypatch):
+    """--count-tensors reaches the sides' spec; the reported run's counter follows the timed stages (and
+    returns to what runs between them), the result carries the peaks per stage and over the run, and
+    the report adds them as rows and says that the counted run's times are slowed."""
+    import torch
+
+    seen = []
+    monkeypatch.setattr(bench, "build_models", lambda variant, python: {"checkpoint": str(tmp_path / "sd.safetensors")})
+    monkeypatch.setattr(bench, "run_side", lambda side, spec, timeout: seen.append(dict(spec)) or result(1.0, [1.0]))
+    assert bench.main(["--sides", "pack", "--count-tensors", "--out", str(tmp_path / "count.json")]) == 0
+    assert seen[0]["count_tensors"] is True
+    spec = {"count_tensors": True, "device": "cpu"}
+    assert bench.tensor_counter(spec, "warm_up") is None and bench.tensor_counter({}, "run") is None
+    clock = bench.StageClock("run", bench.tensor_counter(spec, "run", stage="colour_fix_resize"))
+    megabyte = lambda: torch.ones(1024, 256)  # noqa: E731  (1 MiB of float32)
+    kept = bench.counted(clock.counter, lambda: [clock.timed("stage1", megabyte)(),
+                                                 clock.timed("vae_decode", lambda: torch.ones(1024, 512))()])
+    assert clock.counter.stage == "colour_fix_resize" and len(kept) == 2
+    peaks = bench.tensor_peaks(clock.counter)["tensor_peaks"]
+    # the decode's peak counts the 1 MiB stage 1 left alive; nothing ran outside the stages
+    assert peaks == {"stage1": 2**20, "vae_decode": 3 * 2**20, "whole": 3 * 2**20}
+    counted_run = result(1.0, [1.0])
+    counted_run["run"]["tensor_peaks"] = {**peaks, "sampling": 2**30}
+    summary = bench.report({"official": [counted_run], "pack": [result(1.0, [1.0])]}, spec)
+    rows = {r["what"]: r for r in summary["rows"]}
+    assert rows["tensors alive at once, sampling"]["official"] == 1.0
+    assert rows["tensors alive at once, whole run"]["official"] == 3 / 1024
+    assert rows["tensors alive at once, vae_encode"]["official"] is None  # not counted: no figure, no ratio
+    assert rows["tensors alive at once, sampling"]["pack"] is None
+    assert "take times from a run without it" in bench.markdown(summary, {"date": "d", "device": "cpu", "command": "c"})
+    assert "tensors alive at once, sampling" not in {r["what"] for r in bench.report(
+        {"official": [counted_run], "pack": []}, {"device": "cpu"})["rows"]}
