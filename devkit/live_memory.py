@@ -1,6 +1,7 @@
 """Bytes of tensor storage alive at once, counted exactly while some code runs: a deterministic
 stand-in for the resident-memory peak of the CPU allocator (which glibc's arenas blur), for tests
-that bound how much a piece of code holds at a time."""
+that bound how much a piece of code holds at a time and for the benchmarks' ``--count-tensors``.
+Only what operations return is seen: buffers a kernel allocates and frees inside itself are not."""
 
 from __future__ import annotations
 

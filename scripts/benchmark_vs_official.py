@@ -168,12 +168,11 @@ def counted(counter, run):
 
 class StageClock:
     """Accumulates wall time and the peak memory per stage of one run (``phase``: warm_up or run); with a
-    tensor ``counter``, each timed stage is its stage while it runs (else the counter's first stage)."""
+    tensor ``counter``, each timed stage is the counter's stage while it runs."""
 
     def __init__(self, phase: str = "run", counter=None):
         self.phase = phase
         self.counter = counter
-        self.between = counter.stage if counter is not None else None
         self.stages: dict[str, dict] = {}
         self.steps: list[float] = []
 
@@ -187,13 +186,14 @@ class StageClock:
         def wrapper(*args, **kwargs):
             reset_peak()
             progress(self.phase, stage, "start")
+            outer = self.counter.stage if self.counter is not None else None
             if self.counter is not None:
                 self.counter.stage = stage
             start = now()
             out = fn(*args, **kwargs)
             seconds, memory = now() - start, peak()
             if self.counter is not None:
-                self.counter.stage = self.between
+                self.counter.stage = outer
             self.add(stage, seconds, memory)
             progress(self.phase, stage, "end", s=seconds, peak_rss=memory.get("peak_rss"))
             return out

@@ -16,7 +16,7 @@ MIN_TILE = 64
 AUTO_TILES = (1024, 768, 512, 256, 128)  # px, largest first
 # On a CPU, 1024 px tiles instead of 512 saved 6 % of the VAE's time at 2048 px (2 % of a restore) and
 # held twice the memory (+6.4 instead of +3.3 GiB; docs/tiling.md): the automatic choice stops at 512.
-# 256 px tiles hold fewer tensors but were 7-9 % slower at 1024 px and no faster at 2048 px.
+# 256 px tiles hold fewer tensors but were 7-9 % slower at 1024 px (0.3-3.6 % faster at 2048 px).
 CPU_AUTO_TILE_MAX = 512
 ENCODE_TILES_FROM = 1024  # px, longest side: from there a CPU fp32 encode takes tiles (tiles_beat_untiled)
 GIB = 1024 ** 3
