@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import attention, downloads, ircontrolnet, presets, sampling, stage1
+from . import attention, convolution, downloads, ircontrolnet, presets, sampling, stage1
 
 log = logging.getLogger("comfyui-diffbir")
 
@@ -42,14 +42,16 @@ class LoadedPreset:
 
 def load_checkpoint(path: str, version: str):
     """(MODEL, CLIP, VAE) from an SD checkpoint, exactly as CheckpointLoaderSimple loads it, with the
-    schedule ``version`` was trained with and the fastest exact attention (what DiffBIR Model Sampling
-    does by default; ComfyUI cannot detect v2.1's v-prediction + zero terminal SNR from the weights)."""
+    schedule ``version`` was trained with and the fastest exact attention and convolutions (what DiffBIR
+    Model Sampling does by default; ComfyUI cannot detect v2.1's v-prediction + zero terminal SNR from the
+    weights)."""
     import comfy.sd
     import folder_paths
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(
         path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
     model = attention.with_unet_attention(sampling.with_model_sampling(model, version), "fastest_exact")
+    model = convolution.with_unet_convolution(model, "fastest_exact")
     return model, clip, vae
 
 

@@ -23,6 +23,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock,
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..attention import fast_attention_options
+from ..convolution import fastest_exact_convolutions
 
 LATENT_SCALE = 0.18215  # SD's latent scale factor: condition = posterior mode x 0.18215
 LATENT_CHANNELS = 4
@@ -125,11 +126,12 @@ class IRControlNet(torch.nn.Module):
         h = torch.cat([x, hint.to(x.dtype)], dim=1)
         options = fast_attention_options()
         outputs = []
-        for block, zero_conv in zip(self.input_blocks, self.zero_convs):
-            h = block(h, emb, context, transformer_options=options)
-            outputs.append(zero_conv(h, emb, context))
-        h = self.middle_block(h, emb, context, transformer_options=options)
-        return {"output": outputs, "middle": [self.middle_block_out(h, emb, context)]}
+        with fastest_exact_convolutions(h):
+            for block, zero_conv in zip(self.input_blocks, self.zero_convs):
+                h = block(h, emb, context, transformer_options=options)
+                outputs.append(zero_conv(h, emb, context))
+            h = self.middle_block(h, emb, context, transformer_options=options)
+            return {"output": outputs, "middle": [self.middle_block_out(h, emb, context)]}
 
 
 def config_from_state_dict(sd: dict, source: str = "state dict") -> IRControlNetConfig:

@@ -1,0 +1,95 @@
+"""Which kernel the widest float32 convolutions run with on a CPU.
+
+PyTorch runs a float32 convolution on a CPU with oneDNN, which first copies the weights into its own
+blocked layout, on every call. For SD's 1280-channel layers at the smallest sizes (the 8 x 8 and 16 x 16
+levels of a 512 px image) that copy costs about as much as the arithmetic: their weights are 59-118 MB,
+larger than glibc's largest mmap threshold (32 MiB), so each copy also lands in fresh memory that the
+kernel zero-fills first. PyTorch's other CPU path (im2col and one matrix product, ``aten.thnn_conv2d``,
+what ``conv2d`` runs when oneDNN is off) reads the weights where they are. The same maths; the sums run
+in another order (about 1e-6 of the largest value).
+
+Measured with one call of each shape in a worker thread, as ComfyUI's server runs prompts (2-core
+AVX-512 CPU, torch 2.13, 2 threads; docs/development.md): with weights of 59 MB and more and at most 512
+output positions (batch x height x width) the matrix product took 0.35-0.86x oneDNN's time; at 1024
+positions 0.97-1.04x, above that 1.1-1.2x; with weights under 32 MiB (640 channels) it was no faster. A
+cfg model call of the UNet and the IRControlNet at 512 px (batch 2): 37 convolutions go the other way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import comfy.patcher_extension
+import torch
+from torch.overrides import TorchFunctionMode
+
+# What DiffBIR Model Sampling runs the UNet's convolutions with: "fastest_exact" sends the widest ones
+# at the smallest sizes to the matrix product (on a CPU, in float32); "comfyui" leaves PyTorch's choice.
+UNET_CONVOLUTION_CHOICES = ("fastest_exact", "comfyui")
+WRAPPER_KEY = "diffbir_fastest_exact_convolutions"
+DIFFUSION_MODEL = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+
+WIDE_WEIGHT_BYTES = 32 << 20  # glibc's largest mmap threshold: oneDNN's copy of a larger weight is fresh memory
+MAX_POSITIONS = 512  # batch x output height x width; the matrix product broke even near 1024
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch before 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _as_matrix_product(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``conv2d``'s arguments: the result through im2col and one matrix product where that is the faster
+    exact kernel (see the module's docstring), else None."""
+    if (weight.dtype != torch.float32 or input.dtype != torch.float32 or input.dim() != 4 or groups != 1
+            or isinstance(padding, str) or _pair(dilation) != (1, 1)
+            or weight.numel() * weight.element_size() < WIDE_WEIGHT_BYTES):
+        return None
+    stride, padding = _pair(stride), _pair(padding)
+    kernel = weight.shape[-2:]
+    rows = (input.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    columns = (input.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    if input.shape[0] * rows * columns > MAX_POSITIONS:
+        return None
+    return torch.ops.aten.thnn_conv2d(input, weight, list(kernel), bias, list(stride), list(padding))
+
+
+class _WideConvolutionsAsMatrixProducts(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.conv2d:  # torch.nn.functional.conv2d is the same function
+            result = _as_matrix_product(*args, **kwargs)
+            if result is not None:
+                return result
+        return func(*args, **kwargs)
+
+
+def fastest_exact_convolutions(x: torch.Tensor):
+    """A context in which the network that takes ``x`` runs its convolutions with the fastest exact kernel:
+    on a CPU in float32 (not under autocast), the widest at the smallest sizes as matrix products; elsewhere
+    (a GPU, half precision) nothing changes and nothing is intercepted."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on_cpu():
+        return contextlib.nullcontext()
+    return _WideConvolutionsAsMatrixProducts()
+
+
+def _diffusion_model_wrapper(executor, x, *args, **kwargs):
+    with fastest_exact_convolutions(x):
+        return executor(x, *args, **kwargs)
+
+
+def with_unet_convolution(model, choice: str):
+    """``model`` (a ModelPatcher, already a clone the caller owns) set to run its UNet's convolutions as
+    ``choice`` says (one of UNET_CONVOLUTION_CHOICES); the last DiffBIR Model Sampling on a model decides."""
+    if choice not in UNET_CONVOLUTION_CHOICES:
+        raise ValueError(f"unet_convolution must be one of {', '.join(UNET_CONVOLUTION_CHOICES)}, not {choice!r}")
+    model.remove_wrappers_with_key(DIFFUSION_MODEL, WRAPPER_KEY)
+    if choice == "fastest_exact":
+        model.add_wrapper_with_key(DIFFUSION_MODEL, WRAPPER_KEY, _diffusion_model_wrapper)
+    return model
