@@ -23,9 +23,12 @@ import comfy.patcher_extension
 import torch
 from torch.overrides import TorchFunctionMode
 
-# What DiffBIR Model Sampling runs the UNet's convolutions with: "fastest_exact" sends the widest ones
-# at the smallest sizes to the matrix product (on a CPU, in float32); "comfyui" leaves PyTorch's choice.
-UNET_CONVOLUTION_CHOICES = ("fastest_exact", "comfyui")
+# What DiffBIR Model Sampling runs the UNet's and the IRControlNet's convolutions with: "fastest_exact"
+# sends the widest ones at the smallest sizes to the matrix product (on a CPU, in float32); "pytorch"
+# leaves PyTorch's choice (oneDNN), as the official code. The choice is stored in the model's
+# transformer_options, which the control networks receive; without one it is "fastest_exact".
+CPU_CONVOLUTION_CHOICES = ("fastest_exact", "pytorch")
+OPTION_KEY = "diffbir_cpu_convolution"
 WRAPPER_KEY = "diffbir_fastest_exact_convolutions"
 DIFFUSION_MODEL = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 
@@ -70,11 +73,16 @@ class _WideConvolutionsAsMatrixProducts(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def fastest_exact_convolutions(x: torch.Tensor):
-    """A context in which the network that takes ``x`` runs its convolutions with the fastest exact kernel:
-    on a CPU in float32 (not under autocast), the widest at the smallest sizes as matrix products; elsewhere
-    (a GPU, half precision) nothing changes and nothing is intercepted."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on_cpu():
+def chosen(transformer_options: dict | None) -> str:
+    """The choice a model's DiffBIR Model Sampling made (one of CPU_CONVOLUTION_CHOICES)."""
+    return (transformer_options or {}).get(OPTION_KEY, "fastest_exact")
+
+
+def fastest_exact_convolutions(x: torch.Tensor, choice: str = "fastest_exact"):
+    """A context in which the network that takes ``x`` runs its convolutions as ``choice`` says: with
+    "fastest_exact", on a CPU in float32 (not under autocast), the widest at the smallest sizes as matrix
+    products. Elsewhere (a GPU, half precision, "pytorch") nothing changes and nothing is intercepted."""
+    if choice != "fastest_exact" or x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on_cpu():
         return contextlib.nullcontext()
     return _WideConvolutionsAsMatrixProducts()
 
@@ -84,11 +92,13 @@ def _diffusion_model_wrapper(executor, x, *args, **kwargs):
         return executor(x, *args, **kwargs)
 
 
-def with_unet_convolution(model, choice: str):
-    """``model`` (a ModelPatcher, already a clone the caller owns) set to run its UNet's convolutions as
-    ``choice`` says (one of UNET_CONVOLUTION_CHOICES); the last DiffBIR Model Sampling on a model decides."""
-    if choice not in UNET_CONVOLUTION_CHOICES:
-        raise ValueError(f"unet_convolution must be one of {', '.join(UNET_CONVOLUTION_CHOICES)}, not {choice!r}")
+def with_cpu_convolution(model, choice: str):
+    """``model`` (a ModelPatcher, already a clone the caller owns) set to run the convolutions of its UNet
+    and of the IRControlNets that drive it as ``choice`` says (one of CPU_CONVOLUTION_CHOICES); the last
+    DiffBIR Model Sampling on a model decides."""
+    if choice not in CPU_CONVOLUTION_CHOICES:
+        raise ValueError(f"cpu_convolution must be one of {', '.join(CPU_CONVOLUTION_CHOICES)}, not {choice!r}")
+    model.model_options.setdefault("transformer_options", {})[OPTION_KEY] = choice
     model.remove_wrappers_with_key(DIFFUSION_MODEL, WRAPPER_KEY)
     if choice == "fastest_exact":
         model.add_wrapper_with_key(DIFFUSION_MODEL, WRAPPER_KEY, _diffusion_model_wrapper)

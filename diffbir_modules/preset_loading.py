@@ -51,7 +51,7 @@ def load_checkpoint(path: str, version: str):
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(
         path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
     model = attention.with_unet_attention(sampling.with_model_sampling(model, version), "fastest_exact")
-    model = convolution.with_unet_convolution(model, "fastest_exact")
+    model = convolution.with_cpu_convolution(model, "fastest_exact")
     return model, clip, vae
 
 

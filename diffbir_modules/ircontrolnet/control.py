@@ -13,7 +13,7 @@ import comfy.ops
 import comfy.utils
 import torch
 
-from .. import comfy_compat, sd_model
+from .. import comfy_compat, convolution, sd_model
 from .network import LATENT_CHANNELS, IRControlNet, IRControlNetConfig, IRControlNetError
 
 log = logging.getLogger("DiffBIR")
@@ -270,7 +270,8 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         x_in = model_sampling.calculate_input(t, x_noisy)
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
         context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)
-        control = self.control_model(x=x_in.to(dtype), hint=hint, timesteps=timestep, context=context)
+        control = self.control_model(x=x_in.to(dtype), hint=hint, timesteps=timestep, context=context,
+                                     convolution=convolution.chosen(transformer_options))
         return self.control_merge(control, control_prev, output_dtype=None)
 
 

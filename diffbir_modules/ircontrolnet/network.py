@@ -70,7 +70,8 @@ class IRControlNet(torch.nn.Module):
     ``forward(x, hint, timesteps, context)`` -> ``{"output": [one residual per input block, in
     input-block order], "middle": [one residual]}``, unscaled (the control object applies strength).
     ``x`` is the noisy latent in the UNet's input space (DDPM x_t), ``hint`` the condition latent
-    (already x 0.18215), ``timesteps`` the discrete DDPM timesteps.
+    (already x 0.18215), ``timesteps`` the discrete DDPM timesteps, ``convolution`` one of
+    convolution.CPU_CONVOLUTION_CHOICES (DiffBIR Model Sampling's choice, in transformer_options).
     """
 
     def __init__(self, config: IRControlNetConfig, dtype=None, device=None, operations=comfy.ops.disable_weight_init):
@@ -120,13 +121,13 @@ class IRControlNet(torch.nn.Module):
     def _zero_conv(ch, operations, kw):
         return TimestepEmbedSequential(operations.conv_nd(2, ch, ch, 1, padding=0, **kw))
 
-    def forward(self, x, hint, timesteps, context):
+    def forward(self, x, hint, timesteps, context, convolution: str = "fastest_exact"):
         t_emb = timestep_embedding(timesteps, self.config.model_channels, repeat_only=False).to(x.dtype)
         emb = self.time_embed(t_emb)
         h = torch.cat([x, hint.to(x.dtype)], dim=1)
         options = fast_attention_options()
         outputs = []
-        with fastest_exact_convolutions(h):
+        with fastest_exact_convolutions(h, convolution):
             for block, zero_conv in zip(self.input_blocks, self.zero_convs):
                 h = block(h, emb, context, transformer_options=options)
                 outputs.append(zero_conv(h, emb, context))
