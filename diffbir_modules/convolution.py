@@ -50,7 +50,9 @@ def _autocast_on_cpu() -> bool:
 def _as_matrix_product(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """``conv2d``'s arguments: the result through im2col and one matrix product where that is the faster
     exact kernel (see the module's docstring), else None."""
-    if (weight.dtype != torch.float32 or input.dtype != torch.float32 or input.dim() != 4 or groups != 1
+    # a tensor subclass (quantized weights, another pack's wrapper) keeps its own dispatch
+    plain = type(input) is torch.Tensor and type(weight) in (torch.Tensor, torch.nn.Parameter)
+    if (not plain or weight.dtype != torch.float32 or input.dtype != torch.float32 or input.dim() != 4 or groups != 1
             or isinstance(padding, str) or _pair(dilation) != (1, 1)
             or weight.numel() * weight.element_size() < WIDE_WEIGHT_BYTES):
         return None

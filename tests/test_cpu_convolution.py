@@ -76,6 +76,11 @@ def test_only_plain_float32_convolutions_are_routed(convolution, monkeypatch):
         assert not _conv(x, weight[:, :4].contiguous(), bias, padding=1, groups=2)[1]
         assert not _conv(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), padding=1)[1]
 
+        class Wrapped(torch.Tensor):  # e.g. a quantized weight that dequantizes in its own dispatch
+            pass
+
+        assert not _conv(x, weight.as_subclass(Wrapped), bias, padding=1)[1]
+
 
 def test_nothing_is_intercepted_off_a_cpu_in_float32(convolution):
     assert isinstance(convolution.fastest_exact_convolutions(torch.zeros(1)), torch.overrides.TorchFunctionMode)
