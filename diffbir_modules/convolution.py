@@ -11,8 +11,9 @@ in another order (about 1e-6 of the largest value).
 Measured with one call of each shape in a worker thread, as ComfyUI's server runs prompts (2-core
 AVX-512 CPU, torch 2.13, 2 threads; docs/development.md): with weights of 59 MB and more and at most 512
 output positions (batch x height x width) the matrix product took 0.35-0.86x oneDNN's time; at 1024
-positions 0.97-1.04x, above that 1.1-1.2x; with weights under 32 MiB (640 channels) it was no faster. A
-cfg model call of the UNet and the IRControlNet at 512 px (batch 2): 37 convolutions go the other way.
+positions 0.97-1.04x, above that 1.1-1.2x; with weights under 32 MiB (640 input channels) 0.87-1.41x, a
+small gain at best. A cfg model call of the UNet and the IRControlNet at 512 px (batch 2): 37 convolutions
+go the other way.
 """
 
 from __future__ import annotations
