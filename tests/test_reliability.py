@@ -593,15 +593,20 @@ def good_files() -> dict:
 MARKER_DIR: Path | None = None
 
 
-def make_bytes(kind: str, source: str) -> bytes:
-    if kind == "pickle":
-        return pickle_payload(source, MARKER_DIR / f"ran-{source}")
-    good = good_files()[source].read_bytes()
-    return good if kind == "copy" else broken_bytes(kind, good)
+def place(path: Path, kind: str, source: str) -> None:
+    """Puts the case's file at ``path``: a link to a good file of another kind ("copy"; a link, not a copy,
+    since some are close to 1 GB and the suite's temporary files must stay small), a pickle, or broken bytes."""
+    path.unlink(missing_ok=True)  # never write through an earlier case's link into the model cache
+    if kind == "copy":
+        path.symlink_to(good_files()[source])
+    elif kind == "pickle":
+        path.write_bytes(pickle_payload(source, MARKER_DIR / f"ran-{source}"))
+    else:
+        path.write_bytes(broken_bytes(kind, good_files()[source].read_bytes()))
 
 
 def swap(models: Path, name: str, kind: str, source: str) -> None:
-    (models / "facedetection" / name).write_bytes(make_bytes(kind, source))
+    place(models / "facedetection" / name, kind, source)
 
 
 @pytest.fixture(scope="module")
@@ -619,7 +624,7 @@ def battery(tmp_path_factory):
         (models / folder / name).symlink_to(good[source])
     for case in CASES:
         for target, (kind, source) in case.files.items():
-            (models / target).write_bytes(make_bytes(kind, source))
+            place(models / target, kind, source)
     base = comfy_headless.make_base_directory(root / "base", models)
     (base / "custom_nodes" / "diffbir_test_probe").symlink_to(PROBE_NODES, target_is_directory=True)
     rng = np.random.default_rng(0)
