@@ -41,7 +41,8 @@ def _pair(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _autocast_on_cpu() -> bool:
+def autocast_on_cpu() -> bool:
+    """Whether torch autocast is on for the CPU (cpu_precision bf16), which then picks the kernels."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch before 2.4
@@ -85,7 +86,7 @@ def fastest_exact_convolutions(x: torch.Tensor, choice: str = "fastest_exact"):
     """A context in which the network that takes ``x`` runs its convolutions as ``choice`` says: with
     "fastest_exact", on a CPU in float32 (not under autocast), the widest at the smallest sizes as matrix
     products. Elsewhere (a GPU, half precision, "pytorch") nothing changes and nothing is intercepted."""
-    if choice != "fastest_exact" or x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on_cpu():
+    if choice != "fastest_exact" or x.device.type != "cpu" or x.dtype != torch.float32 or autocast_on_cpu():
         return contextlib.nullcontext()
     return _WideConvolutionsAsMatrixProducts()
 

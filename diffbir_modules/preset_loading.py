@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import attention, convolution, downloads, ircontrolnet, presets, sampling, stage1
+from . import attention, convolution, downloads, feed_forward, ircontrolnet, presets, sampling, stage1
 
 log = logging.getLogger("comfyui-diffbir")
 
@@ -42,7 +42,8 @@ class LoadedPreset:
 
 def load_checkpoint(path: str, version: str):
     """(MODEL, CLIP, VAE) from an SD checkpoint, exactly as CheckpointLoaderSimple loads it, with the
-    schedule ``version`` was trained with and the fastest exact attention and convolutions (what DiffBIR
+    schedule ``version`` was trained with, the fastest exact attention and convolutions and the feed-forward
+    layers in pieces (what DiffBIR
     Model Sampling does by default; ComfyUI cannot detect v2.1's v-prediction + zero terminal SNR from the
     weights)."""
     import comfy.sd
@@ -52,6 +53,7 @@ def load_checkpoint(path: str, version: str):
         path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
     model = attention.with_unet_attention(sampling.with_model_sampling(model, version), "fastest_exact")
     model = convolution.with_cpu_convolution(model, "fastest_exact")
+    model = feed_forward.with_cpu_feed_forward(model, "in_pieces")
     return model, clip, vae
 
 

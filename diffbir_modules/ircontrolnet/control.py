@@ -13,7 +13,7 @@ import comfy.ops
 import comfy.utils
 import torch
 
-from .. import comfy_compat, convolution, sd_model
+from .. import comfy_compat, convolution, feed_forward, sd_model
 from .network import LATENT_CHANNELS, IRControlNet, IRControlNetConfig, IRControlNetError
 
 log = logging.getLogger("DiffBIR")
@@ -271,7 +271,8 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
         context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)
         control = self.control_model(x=x_in.to(dtype), hint=hint, timesteps=timestep, context=context,
-                                     convolution=convolution.chosen(transformer_options))
+                                     convolution=convolution.chosen(transformer_options),
+                                     feed_forward=feed_forward.chosen(transformer_options))
         return self.control_merge(control, control_prev, output_dtype=None)
 
 

@@ -24,6 +24,7 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..attention import fast_attention_options
 from ..convolution import fastest_exact_convolutions
+from ..feed_forward import feed_forward_in_pieces
 
 LATENT_SCALE = 0.18215  # SD's latent scale factor: condition = posterior mode x 0.18215
 LATENT_CHANNELS = 4
@@ -71,7 +72,8 @@ class IRControlNet(torch.nn.Module):
     input-block order], "middle": [one residual]}``, unscaled (the control object applies strength).
     ``x`` is the noisy latent in the UNet's input space (DDPM x_t), ``hint`` the condition latent
     (already x 0.18215), ``timesteps`` the discrete DDPM timesteps, ``convolution`` one of
-    convolution.CPU_CONVOLUTION_CHOICES (DiffBIR Model Sampling's choice, in transformer_options).
+    convolution.CPU_CONVOLUTION_CHOICES and ``feed_forward`` one of feed_forward.CPU_FEED_FORWARD_CHOICES
+    (DiffBIR Model Sampling's choices, in transformer_options).
     """
 
     def __init__(self, config: IRControlNetConfig, dtype=None, device=None, operations=comfy.ops.disable_weight_init):
@@ -121,13 +123,13 @@ class IRControlNet(torch.nn.Module):
     def _zero_conv(ch, operations, kw):
         return TimestepEmbedSequential(operations.conv_nd(2, ch, ch, 1, padding=0, **kw))
 
-    def forward(self, x, hint, timesteps, context, convolution: str = "fastest_exact"):
+    def forward(self, x, hint, timesteps, context, convolution: str = "fastest_exact", feed_forward: str = "in_pieces"):
         t_emb = timestep_embedding(timesteps, self.config.model_channels, repeat_only=False).to(x.dtype)
         emb = self.time_embed(t_emb)
         h = torch.cat([x, hint.to(x.dtype)], dim=1)
         options = fast_attention_options()
         outputs = []
-        with fastest_exact_convolutions(h, convolution):
+        with fastest_exact_convolutions(h, convolution), feed_forward_in_pieces(self, h, feed_forward):
             for block, zero_conv in zip(self.input_blocks, self.zero_convs):
                 h = block(h, emb, context, transformer_options=options)
                 outputs.append(zero_conv(h, emb, context))
