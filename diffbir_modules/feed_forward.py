@@ -10,6 +10,10 @@ give the same bits depends on the BLAS's blocking for the number of rows (MKL, 2
 or 1024 rows gave the same bits as the whole for every SD 2.1 shape here, other sizes differed by about
 3e-6 of the largest value).
 
+A layer whose weights ComfyUI casts on every call (stored in bf16 or fp16 with ``--bf16-unet`` and
+computed in fp32, quantized, or patched on the fly in low-VRAM mode) runs whole: in pieces it would cast
+its weights once per piece.
+
 Measured with one cfg model call of the full-size UNet and IRControlNet in a worker thread, as ComfyUI's
 server runs prompts (2-core AVX-512 CPU, torch 2.13, 2 threads; docs/development.md): at 1024 px the
 resident peak of the call was about 0.5 GiB lower; at 512 px the same bits, a quarter of the page faults,
@@ -48,11 +52,18 @@ def _in_pieces(layer: FeedForward, x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _casts_weights(layer: torch.nn.Module) -> bool:
+    """Whether ComfyUI's ops cast or patch any of the layer's weights on each call (as comfy.ops decides)."""
+    return any(getattr(m, "comfy_cast_weights", False) or getattr(m, "weight_function", None)
+               or getattr(m, "bias_function", None) for m in layer.modules())
+
+
 @contextlib.contextmanager
 def _pieces(network: torch.nn.Module):
     # An instance attribute shadows the class's forward for this call only; a layer whose forward someone
     # else replaced (another pack) keeps theirs.
-    layers = [m for m in network.modules() if isinstance(m, FeedForward) and "forward" not in m.__dict__]
+    layers = [m for m in network.modules()
+              if isinstance(m, FeedForward) and "forward" not in m.__dict__ and not _casts_weights(m)]
     for layer in layers:
         layer.forward = functools.partial(_in_pieces, layer)
     try:

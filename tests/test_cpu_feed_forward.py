@@ -96,6 +96,22 @@ def test_a_forward_another_pack_replaced_is_kept(feed_forward):
     assert network.forward is theirs and torch.equal(network(x), x)
 
 
+def test_layers_that_cast_their_weights_on_each_call_run_whole(feed_forward):
+    """bf16 weights computed in fp32 (--bf16-unet on a CPU: ComfyUI's manual_cast ops) or a LoRA patched on
+    the fly: in pieces they would be cast once per piece."""
+    import comfy.ops
+    from comfy.ldm.modules.attention import FeedForward
+
+    x = torch.randn(1, 4096, 64)
+    stored_bf16 = FeedForward(64, glu=True, dtype=torch.bfloat16, operations=comfy.ops.manual_cast)
+    patched = FeedForward(64, glu=True, operations=comfy.ops.disable_weight_init)
+    plain = FeedForward(64, glu=True, operations=comfy.ops.disable_weight_init)
+    patched.net[2].weight_function = [lambda weight: weight]  # as ComfyUI sets it on one layer (not the class list)
+    for layer, in_pieces in ((stored_bf16, False), (patched, False), (plain, True)):
+        with feed_forward.feed_forward_in_pieces(layer, x):
+            assert ("forward" in layer.__dict__) == in_pieces
+
+
 def test_the_layers_are_restored_when_the_call_fails(feed_forward):
     network = _sd_layer()
     with pytest.raises(RuntimeError), feed_forward.feed_forward_in_pieces(network, torch.zeros(1)):
