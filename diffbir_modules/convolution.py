@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import contextlib
 
-import comfy.patcher_extension
 import torch
 from torch.overrides import TorchFunctionMode
+
+from . import cpu_kernels
 
 # What DiffBIR Model Sampling runs the UNet's and the IRControlNet's convolutions with: "fastest_exact"
 # sends the widest ones at the smallest sizes to the matrix product (on a CPU, in float32); "pytorch"
 # leaves PyTorch's choice (oneDNN), as the official code. The choice is stored in the model's
-# transformer_options, which the control networks receive; without one it is "fastest_exact".
+# transformer_options, which the control networks receive; without one it is "fastest_exact" (cpu_kernels).
 CPU_CONVOLUTION_CHOICES = ("fastest_exact", "pytorch")
 OPTION_KEY = "diffbir_cpu_convolution"
 WRAPPER_KEY = "diffbir_fastest_exact_convolutions"
-DIFFUSION_MODEL = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 
 WIDE_WEIGHT_BYTES = 32 << 20  # glibc's largest mmap threshold: oneDNN's copy of a larger weight is fresh memory
 MAX_POSITIONS = 512  # batch x output height x width; the matrix product broke even near 1024
@@ -39,14 +39,6 @@ MAX_POSITIONS = 512  # batch x output height x width; the matrix product broke e
 
 def _pair(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def autocast_on_cpu() -> bool:
-    """Whether torch autocast is on for the CPU (cpu_precision bf16), which then picks the kernels."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch before 2.4
-        return torch.is_autocast_cpu_enabled()
 
 
 def _as_matrix_product(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -79,14 +71,14 @@ class _WideConvolutionsAsMatrixProducts(TorchFunctionMode):
 
 def chosen(transformer_options: dict | None) -> str:
     """The choice a model's DiffBIR Model Sampling made (one of CPU_CONVOLUTION_CHOICES)."""
-    return (transformer_options or {}).get(OPTION_KEY, "fastest_exact")
+    return cpu_kernels.chosen(transformer_options, OPTION_KEY, CPU_CONVOLUTION_CHOICES)
 
 
 def fastest_exact_convolutions(x: torch.Tensor, choice: str = "fastest_exact"):
     """A context in which the network that takes ``x`` runs its convolutions as ``choice`` says: with
     "fastest_exact", on a CPU in float32 (not under autocast), the widest at the smallest sizes as matrix
     products. Elsewhere (a GPU, half precision, "pytorch") nothing changes and nothing is intercepted."""
-    if choice != "fastest_exact" or x.device.type != "cpu" or x.dtype != torch.float32 or autocast_on_cpu():
+    if choice != "fastest_exact" or not cpu_kernels.apply_to(x):
         return contextlib.nullcontext()
     return _WideConvolutionsAsMatrixProducts()
 
@@ -100,10 +92,5 @@ def with_cpu_convolution(model, choice: str):
     """``model`` (a ModelPatcher, already a clone the caller owns) set to run the convolutions of its UNet
     and of the IRControlNets that drive it as ``choice`` says (one of CPU_CONVOLUTION_CHOICES); the last
     DiffBIR Model Sampling on a model decides."""
-    if choice not in CPU_CONVOLUTION_CHOICES:
-        raise ValueError(f"cpu_convolution must be one of {', '.join(CPU_CONVOLUTION_CHOICES)}, not {choice!r}")
-    model.model_options.setdefault("transformer_options", {})[OPTION_KEY] = choice
-    model.remove_wrappers_with_key(DIFFUSION_MODEL, WRAPPER_KEY)
-    if choice == "fastest_exact":
-        model.add_wrapper_with_key(DIFFUSION_MODEL, WRAPPER_KEY, _diffusion_model_wrapper)
-    return model
+    return cpu_kernels.set_choice(model, "cpu_convolution", choice, CPU_CONVOLUTION_CHOICES, OPTION_KEY, WRAPPER_KEY,
+                                  _diffusion_model_wrapper)

@@ -25,20 +25,18 @@ from __future__ import annotations
 import contextlib
 import functools
 
-import comfy.patcher_extension
 import torch
 from comfy.ldm.modules.attention import FeedForward
 
-from .convolution import autocast_on_cpu
+from . import cpu_kernels
 
 # What DiffBIR Model Sampling runs the feed-forward layers of the UNet and the IRControlNet with:
 # "in_pieces" goes over ROWS tokens at a time (on a CPU, in float32); "whole" over all tokens at once, as the
 # official code. The choice is stored in the model's transformer_options, which the control networks
-# receive; without one it is "in_pieces".
+# receive; without one it is "in_pieces" (cpu_kernels).
 CPU_FEED_FORWARD_CHOICES = ("in_pieces", "whole")
 OPTION_KEY = "diffbir_cpu_feed_forward"
 WRAPPER_KEY = "diffbir_feed_forward_in_pieces"
-DIFFUSION_MODEL = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 
 ROWS = 1024  # tokens per piece: the widest intermediate of SD 2.1's first level is then 10 MB
 
@@ -75,14 +73,14 @@ def _pieces(network: torch.nn.Module):
 
 def chosen(transformer_options: dict | None) -> str:
     """The choice a model's DiffBIR Model Sampling made (one of CPU_FEED_FORWARD_CHOICES)."""
-    return (transformer_options or {}).get(OPTION_KEY, "in_pieces")
+    return cpu_kernels.chosen(transformer_options, OPTION_KEY, CPU_FEED_FORWARD_CHOICES)
 
 
 def feed_forward_in_pieces(network: torch.nn.Module, x: torch.Tensor, choice: str = "in_pieces"):
     """A context in which ``network`` (which takes ``x``) runs its feed-forward layers as ``choice`` says:
     with "in_pieces", on a CPU in float32 (not under autocast), ROWS tokens at a time. Elsewhere (a GPU,
     half precision, "whole") nothing changes."""
-    if choice != "in_pieces" or x.device.type != "cpu" or x.dtype != torch.float32 or autocast_on_cpu():
+    if choice != "in_pieces" or not cpu_kernels.apply_to(x):
         return contextlib.nullcontext()
     return _pieces(network)
 
@@ -96,10 +94,5 @@ def with_cpu_feed_forward(model, choice: str):
     """``model`` (a ModelPatcher, already a clone the caller owns) set to run the feed-forward layers of its
     UNet and of the IRControlNets that drive it as ``choice`` says (one of CPU_FEED_FORWARD_CHOICES); the
     last DiffBIR Model Sampling on a model decides."""
-    if choice not in CPU_FEED_FORWARD_CHOICES:
-        raise ValueError(f"cpu_feed_forward must be one of {', '.join(CPU_FEED_FORWARD_CHOICES)}, not {choice!r}")
-    model.model_options.setdefault("transformer_options", {})[OPTION_KEY] = choice
-    model.remove_wrappers_with_key(DIFFUSION_MODEL, WRAPPER_KEY)
-    if choice == "in_pieces":
-        model.add_wrapper_with_key(DIFFUSION_MODEL, WRAPPER_KEY, _diffusion_model_wrapper)
-    return model
+    return cpu_kernels.set_choice(model, "cpu_feed_forward", choice, CPU_FEED_FORWARD_CHOICES, OPTION_KEY,
+                                  WRAPPER_KEY, _diffusion_model_wrapper)

@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from devkit import model_factory
-from devkit.comfy_runtime import call_node
-from devkit.model_factory import install_model
+from devkit.comfy_runtime import call_node, conditioned, restoration_models
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +91,12 @@ def test_nothing_is_intercepted_off_a_cpu_in_float32(convolution):
 @pytest.fixture(scope="module")
 def restoration(comfy, sd2_tiny):
     """A tiny SD 2.x model and one conditioned 64 px restoration with an IRControlNet."""
-    model, clip, vae = call_node("CheckpointLoaderSimple", sd2_tiny)[:3]
-    name = install_model("diffbir", model_factory.ircontrolnet_file("tiny", fmt="pth"), "irc-tiny-convolution.pth")
-    control = call_node("DiffBIRIRControlNetLoader", name, "auto")[0]
-    positive, negative = call_node("CLIPTextEncode", clip, "a photo")[0], call_node("CLIPTextEncode", clip, "blurry")[0]
-    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    conditioned = call_node("DiffBIRApplyIRControlNet", positive, negative, control, vae, image,
-                            1.0, 0.0, 1.0, "noise", "64")
-    return model, conditioned
+    return conditioned(restoration_models(sd2_tiny, "irc-tiny-convolution.pth"), 64, 64)
 
 
 def _sample(model, restoration) -> tuple[torch.Tensor, dict]:
     """Two KSampler steps (cfg 4) and the convolution kernels they reached."""
-    positive, negative, latent = restoration[1]
+    positive, negative, latent = restoration[2:]
     with _Kernels() as kernels:
         out = call_node("KSampler", model, 3, 2, 4.0, "euler", "normal", positive, negative, latent)[0]["samples"]
     return out, kernels.counts
@@ -127,7 +118,9 @@ def test_cpu_convolution_switch(restoration, convolution):
     again = call_node("DiffBIRModelSampling", fast, "v2.1", "fastest_exact", "fp32", "pytorch")[0]
 
     def wrapped(patcher):
-        return convolution.WRAPPER_KEY in patcher.wrappers.get(convolution.DIFFUSION_MODEL, {})
+        from comfy.patcher_extension import WrappersMP
+
+        return convolution.WRAPPER_KEY in patcher.wrappers.get(WrappersMP.DIFFUSION_MODEL, {})
 
     def choice(patcher):
         return convolution.chosen(patcher.model_options.get("transformer_options"))

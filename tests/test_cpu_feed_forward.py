@@ -10,9 +10,7 @@ import contextlib
 import pytest
 import torch
 
-from devkit import model_factory
-from devkit.comfy_runtime import call_node
-from devkit.model_factory import install_model
+from devkit.comfy_runtime import call_node, conditioned, restoration_models
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +121,12 @@ def test_the_layers_are_restored_when_the_call_fails(feed_forward):
 def restoration(comfy, sd2_tiny):
     """A tiny SD 2.x model and one conditioned 256 px restoration with an IRControlNet: 2 x 1024 tokens at
     the first level under cfg, in two pieces."""
-    model, clip, vae = call_node("CheckpointLoaderSimple", sd2_tiny)[:3]
-    name = install_model("diffbir", model_factory.ircontrolnet_file("tiny", fmt="pth"), "irc-tiny-feed-forward.pth")
-    control = call_node("DiffBIRIRControlNetLoader", name, "auto")[0]
-    positive, negative = call_node("CLIPTextEncode", clip, "a photo")[0], call_node("CLIPTextEncode", clip, "blurry")[0]
-    image = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(0))
-    conditioned = call_node("DiffBIRApplyIRControlNet", positive, negative, control, vae, image,
-                            1.0, 0.0, 1.0, "noise", "64")
-    return model, control, conditioned
+    return conditioned(restoration_models(sd2_tiny, "irc-tiny-feed-forward.pth"), 256, 256)
 
 
 def _sample(model, restoration) -> tuple[torch.Tensor, list]:
     """Two KSampler steps (cfg 4) and the number of tokens each feed-forward call got, in both networks."""
-    positive, negative, latent = restoration[2]
+    positive, negative, latent = restoration[2:]
     networks = [model.model.diffusion_model, restoration[1].control_model]
     pieces = _Pieces(*networks)
     try:
@@ -153,7 +144,9 @@ def test_cpu_feed_forward_switch(restoration, feed_forward):
     again = call_node("DiffBIRModelSampling", pieces, "v2.1", "fastest_exact", "fp32", "fastest_exact", "whole")[0]
 
     def wrapped(patcher):
-        return feed_forward.WRAPPER_KEY in patcher.wrappers.get(feed_forward.DIFFUSION_MODEL, {})
+        from comfy.patcher_extension import WrappersMP
+
+        return feed_forward.WRAPPER_KEY in patcher.wrappers.get(WrappersMP.DIFFUSION_MODEL, {})
 
     def choice(patcher):
         return feed_forward.chosen(patcher.model_options.get("transformer_options"))

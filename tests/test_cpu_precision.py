@@ -9,9 +9,7 @@ import logging
 import pytest
 import torch
 
-from devkit import model_factory
-from devkit.comfy_runtime import call_node
-from devkit.model_factory import install_model
+from devkit.comfy_runtime import call_node, conditioned, restoration_models
 
 
 @pytest.fixture(scope="module")
@@ -21,25 +19,12 @@ def precision(comfy):
 
 @pytest.fixture(scope="module")
 def models(comfy, sd2_tiny):
-    """A tiny SD 2.x model, its VAE, an IRControlNet and the two prompts."""
-    model, clip, vae = call_node("CheckpointLoaderSimple", sd2_tiny)[:3]
-    name = install_model("diffbir", model_factory.ircontrolnet_file("tiny", fmt="pth"), "irc-tiny-precision.pth")
-    control = call_node("DiffBIRIRControlNetLoader", name, "auto")[0]
-    prompts = call_node("CLIPTextEncode", clip, "a photo")[0], call_node("CLIPTextEncode", clip, "blurry")[0]
-    return model, vae, control, prompts
-
-
-def _conditioned(models, height: int, width: int, seed: int) -> tuple:
-    """(base model, control, positive, negative, empty latent) for one random image of that size."""
-    model, vae, control, (positive, negative) = models
-    image = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(seed))
-    return (model, control, *call_node("DiffBIRApplyIRControlNet", positive, negative, control, vae, image,
-                                       1.0, 0.0, 1.0, "noise", "64"))
+    return restoration_models(sd2_tiny, "irc-tiny-precision.pth")
 
 
 @pytest.fixture(scope="module")
 def restoration(models):
-    return _conditioned(models, 64, 64, 0)
+    return conditioned(models, 64, 64)
 
 
 def _sample(model, restoration, seen: list) -> torch.Tensor:
@@ -90,7 +75,7 @@ def test_bf16_with_tiled_sampling(models, precision):
     """Both are calc_cond_batch wrappers: every tile's model call runs in bf16 and the blend stays close."""
     if not precision.native_bf16():
         pytest.skip("this CPU has no bf16 instructions")
-    wide = _conditioned(models, 64, 128, 1)
+    wide = conditioned(models, 64, 128, seed=1)
     outputs = {}
     for choice in ("fp32", "bf16"):
         model = call_node("DiffBIRModelSampling", wide[0], "v2.1", "fastest_exact", choice)[0]
