@@ -36,7 +36,8 @@ steps of one step's model calls, cond + uncond), VAE decode, colour fix + resize
 process's peak resident set (Linux VmHWM, reset at each stage) and, on CUDA, max_memory_allocated.
 ``--count-tensors`` also counts, exactly, the bytes of tensors alive at once in the reported run, per
 stage (devkit/live_memory.py; the weights, loaded before it, are not counted; what earlier stages left
-alive is): what each side's code holds, without the allocator's share of the resident peak. The count
+alive is, and the report splits each stage's peak by the stage that created the tensors): what each
+side's code holds, without the allocator's share of the resident peak. The count
 slows the run, so its times are not comparable with a run without it.
 Weights: the random-weight models of devkit/model_factory.py in the published layouts ("full": the
 sizes of SD 2.1, DiffBIR_v2.1.pt and realesrgan_s4_swinir_100k.pth; built once, cached).
@@ -142,19 +143,27 @@ def progress(phase: str, stage: str, event: str, **fields) -> None:
 
 def tensor_counter(spec: dict, phase: str, stage: str = "other"):
     """With --count-tensors, the exact counter of the tensors alive at once per stage for the reported
-    run (devkit/live_memory.py; what existed before it, the weights, is not counted), else None."""
+    run (devkit/live_memory.py), else None. What existed before it (the weights, every tensor Python can
+    see) is not counted, even where the run hands out new views of it (ComfyUI's model loading does)."""
     if not spec.get("count_tensors") or phase != "run":
         return None
+    import gc
+
+    import torch
+
     from devkit.live_memory import StageTensorBytes
 
-    return StageTensorBytes(stage=stage)
+    existing = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]  # type(): no attribute lookups
+    return StageTensorBytes(existing, stage=stage)
 
 
 def tensor_peaks(counter) -> dict:
-    """A run's result entries from its tensor counter: the peak per stage and over the whole run, bytes."""
+    """A run's result entries from its tensor counter: the peak per stage and over the whole run, and each
+    stage's peak split by the stage that created the tensors, bytes."""
     if counter is None:
         return {}
-    return {"tensor_peaks": dict(counter.peaks, whole=counter.peak)}
+    return {"tensor_peaks": dict(counter.peaks, whole=counter.peak),
+            "tensor_peak_origins": counter.peak_origins}
 
 
 def counted(counter, run):
