@@ -18,7 +18,10 @@ untiled CPU pass takes minutes and most of the memory): time and peak of the exa
 ``--replay``: which levels of the exact tiles replay instead of parking their state (docs/tiling.md):
 ``auto`` as the nodes choose (from free memory), ``none``, ``full`` (the full-resolution level, what
 ``auto`` picks first when memory is short) or ``all``; the result is the same bit for bit, time and
-memory differ. Peaks are above the start of each call, so compare two choices in two runs.
+memory differ. ``--full-resolution-tile``: the largest tile of the full-resolution segments on a CPU
+(default as the nodes choose, 256 px; ``--full-resolution-tile 512`` with ``--tile 512`` measures the
+same tiles everywhere); the result is the same bit for bit. Peaks are above the start of each call, so
+compare two choices in two runs.
 ``--count-tensors``: after the timed rounds, one more call of each side and stage under an exact count
 of the tensor bytes alive at once (devkit/live_memory.py; the weights and the input not counted): what
 the code holds, without the allocator's retention that blurs the resident peak. Counting slows the call,
@@ -78,7 +81,7 @@ def _count(call, existing) -> tuple:
 
 
 def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: bool = False,
-            replay: str = "auto", count_tensors: bool = False) -> dict:
+            replay: str = "auto", count_tensors: bool = False, full_resolution_tile: int | None = None) -> dict:
     import torch
 
     from devkit import comfy_runtime, model_factory
@@ -89,13 +92,17 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
 
     torch.set_num_threads(threads)
     tiled_vae = comfy_runtime.pack_module("diffbir_modules.tiled_vae")
+    planning = comfy_runtime.pack_module("diffbir_modules.tiled_vae.planning")
+    if full_resolution_tile is not None:
+        planning.CPU_FULL_RESOLUTION_TILE_MAX = full_resolution_tile
     prefix = "first_stage_model."
     weights = load_file(str(model_factory.sd2_checkpoint("tiny", dtype=torch.float32)))
     vae = comfy.sd.VAE(sd={k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     del weights
     report = {"tile": tile, "rounds": rounds, "threads": threads, "device": f"cpu ({platform.machine()}, "
               f"{os.cpu_count()} cores)", "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
-              "exact_only": exact_only, "replay": replay, "count_tensors": count_tensors, "sizes": {}}
+              "exact_only": exact_only, "replay": replay, "count_tensors": count_tensors,
+              "cpu_full_resolution_tile_max": planning.CPU_FULL_RESOLUTION_TILE_MAX, "sizes": {}}
     weights_and_buffers = [*vae.first_stage_model.parameters(), *vae.first_stage_model.buffers()]
     for size in sizes:
         pixels = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(size))
@@ -187,15 +194,21 @@ def main(argv=None) -> int:
                         help="exact tiles: levels that replay instead of parking (auto: as the nodes choose)")
     parser.add_argument("--count-tensors", action="store_true",
                         help="also count the tensor bytes alive at once in one more (untimed) call of each side")
+    parser.add_argument("--full-resolution-tile", type=int, default=None, metavar="PX",
+                        help="exact tiles on a CPU: the largest tile of the full-resolution segments (default: as "
+                             "the nodes choose; a value of --tile or more: the same tiles there as elsewhere)")
     parser.add_argument("--main-thread", action="store_true",
                         help="run in the main thread instead of a worker thread as ComfyUI's server runs prompts")
     args = parser.parse_args(argv)
     if args.rounds < 0 or (args.rounds == 0 and not args.count_tensors):
         parser.error("--rounds must be at least 1, or 0 with --count-tensors")
     report = in_worker_thread(partial(measure, args.sizes, args.tile, args.rounds, args.threads, args.exact_only,
-                                      args.replay, args.count_tensors),
+                                      args.replay, args.count_tensors, args.full_resolution_tile),
                               args.main_thread)
     report["thread"] = "main" if args.main_thread else "worker, as ComfyUI's server runs prompts"
+    # settings from the environment that change the measured memory or time (e.g. glibc's malloc tunables)
+    report["environment"] = {name: os.environ[name] for name in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX",
+                                                                 "OMP_NUM_THREADS") if name in os.environ}
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report["command"] = recorded_command("scripts.benchmark_vae", argv if argv is not None else sys.argv[1:], "--json")
     for size, row in report["sizes"].items():

@@ -93,8 +93,9 @@ def test_tiles_hold_one_working_copy_at_a_time(tv, vae, part, monkeypatch):
     nothing else needs the tensor, applies a channel-changing shortcut first so that its input can be
     normalised in place, adds the residual in place, and the decoder's upsample convolves one output
     phase at a time. Measured here (384 px in 128 px tiles): before those 2.774 maps (decode) and
-    2.360 (encode), with them 2.507 and 2.244; at 1024 px in the automatic 512 px tiles the decode
-    went from 3.18 to 2.63 maps (1.59 to 1.31 GiB)."""
+    2.360 (encode), with them 2.507 and 2.244, and 2.444 for the decode once its first map (the mid block's
+    output) was no longer held after its regrid; at 1024 px in the automatic 512 px tiles the decode went
+    from 3.18 to 2.63 maps (1.59 to 1.31 GiB)."""
     image = photo_like(384, 384, seed=2)  # 3 x 3 tiles of 128 px
     with torch.inference_mode():
         latent = vae.encode(image)
@@ -110,6 +111,44 @@ def test_tiles_hold_one_working_copy_at_a_time(tv, vae, part, monkeypatch):
     maps = counter.peak / (128 * 384 * 384 * 4)
     # the counts are exact (no allocator noise): the bounds sit just above today's figures
     assert 2 < maps < {"encode": 2.28, "decode": 2.55}[part], maps
+
+
+@pytest.mark.parametrize("part", ["encode", "decode"])
+def test_full_resolution_runs_in_smaller_tiles_on_a_cpu(tv, vae, part, monkeypatch, caplog):
+    """On a CPU the segments at full resolution take tiles of at most CPU_FULL_RESOLUTION_TILE_MAX px
+    (scaled down here: 384 px in 192 px tiles, 128 px at full resolution): the same bits, fewer tensors
+    alive at once (one tile's working tensors are the largest there)."""
+    image = photo_like(384, 384, seed=3)
+    with torch.inference_mode():
+        latent = vae.encode(image)
+    monkeypatch.setattr(tv.engine, "MOMENT_CHUNK", 2**16)  # in proportion to these tiles, as above
+    fsm = vae.first_stage_model
+    results, peaks, tiles = {}, {}, {}
+    real_run_tiled = tv.engine.run_tiled
+    for full_resolution in (1024, 128):  # 1024: no smaller tiles for a 192 px tile
+        monkeypatch.setattr(tv.planning, "CPU_FULL_RESOLUTION_TILE_MAX", full_resolution)
+        seen = []
+        monkeypatch.setattr(tv.decoder if part == "decode" else tv.encoder, "run_tiled",
+                            lambda *args, seen=seen: seen.append(len(args[-1])) or real_run_tiled(*args))
+        counter = LiveTensorBytes(existing=[*fsm.parameters(), image, latent])
+        with torch.inference_mode(), counter:
+            if part == "encode":
+                results[full_resolution] = tv.encode(vae, image, 192, progress=False, replay=False)
+            else:
+                results[full_resolution] = tv.decode(vae, latent, 192, progress=False, replay=False)
+        peaks[full_resolution], tiles[full_resolution] = counter.peak / (128 * 384 * 384 * 4), seen
+    assert tiles == {1024: [4], 128: [9]}  # the full-resolution tiles handed to the engine
+    assert f"DiffBIR VAE {part}: 384x384 px in 4 exact tiles of 192 px (9 of 128 px at full resolution)" in caplog.text
+    assert torch.equal(results[1024], results[128])
+    # exact counts, in 128-channel full-resolution maps; measured 2.321 -> 2.244 (encode) and 2.629 -> 2.444
+    # (decode): the bounds sit just inside those gains
+    assert peaks[128] < peaks[1024] - {"encode": 0.07, "decode": 0.17}[part], peaks
+
+
+def test_full_resolution_tile(tv):
+    assert tv.planning.full_resolution_tile(512, torch.device("cpu")) == tv.planning.CPU_FULL_RESOLUTION_TILE_MAX
+    assert tv.planning.full_resolution_tile(128, torch.device("cpu")) == 128
+    assert tv.planning.full_resolution_tile(512, torch.device("cuda")) == 512  # not measured off the CPU
 
 
 def test_replay_chosen_from_free_memory(tv, vae):
@@ -306,6 +345,17 @@ def test_tiles_split_on_latent_pixels(tv):
         assert parts[0][0] == 0 and parts[-1][1] == length and len(parts) == -(-length // tile)
         assert all(a % 8 == 0 and b - a <= tile for a, b in parts)
         assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
+
+
+def test_regrid_moves_the_map(tv):
+    """The map kept as other regions is the same map; the old one holds nothing after (the decoder's first
+    map, still referenced by its caller, would otherwise keep the mid block's output for the whole pass)."""
+    left, right = torch.zeros(1, 2, 8, 8), torch.ones(1, 2, 8, 8)
+    halves = tv.tiles.TiledMap([(0, 64, 0, 64), (0, 64, 64, 128)], 8, 64, 128)
+    halves.chunks = [left, right]
+    whole = halves.regrid([(0, 64, 0, 128)])
+    assert halves.tensors() == []
+    assert torch.equal(whole.chunks[0], torch.cat([left, right], dim=-1))
 
 
 @pytest.mark.parametrize("tile", [32, 100, -64])

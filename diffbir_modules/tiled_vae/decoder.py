@@ -14,7 +14,9 @@ from .engine import Meter, run_tiled
 from .network import decoder_blocks, mid_attention, untiled_progress
 from .planning import (
     check_supported,
+    describe_tiles,
     devices,
+    full_resolution_tile,
     load_and_pick_tile,
     replay_levels,
     tile_layout,
@@ -61,12 +63,13 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
             return vae.decode(latent)
     device, park = devices(vae)
     owns = tile_regions(h * 8, w * 8, tile)
+    fine_tile = full_resolution_tile(tile, device)
+    fine = tile_regions(h * 8, w * 8, fine_tile)
     segments = decoder_segments(dec)
     # the output image (fp32 RGB) is filled while the maps are parked
     image_bytes = b * h * w * 64 * 3 * 4 if torch.device(vae.output_device) == park else 0
     levels = replay_levels("decode", segments, 8, h * 8, w * 8, dtype, park, replay, image_bytes)
-    log.info("DiffBIR VAE decode: %dx%d px in %d exact tiles of %d px%s", w * 8, h * 8, len(owns), tile,
-             f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
+    log.info("DiffBIR VAE decode: %dx%d px %s", w * 8, h * 8, describe_tiles(owns, tile, fine, fine_tile, levels))
     bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None
     out = torch.empty((b, h * 8, w * 8, 3), dtype=torch.float32, device=vae.output_device)
     for i in range(b):
@@ -82,7 +85,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
                 t, bo, le, r = first.own(j)
                 first.chunks[j] = x[..., t:bo, le:r]
             del x, z
-            image = run_tiled(segments, first, device, park, levels, bar, meter)
+            image = run_tiled(segments, first, device, park, levels, bar, meter, fine)
             for j, own in enumerate(image.owns):
                 piece = vae.process_output(image.chunks[j].float())
                 image.chunks[j] = None

@@ -12,7 +12,9 @@ from .engine import Meter, run_tiled
 from .network import encoder_blocks, mid_attention, silu, untiled_progress
 from .planning import (
     check_supported,
+    describe_tiles,
     devices,
+    full_resolution_tile,
     load_and_pick_tile,
     replay_levels,
     tile_layout,
@@ -54,10 +56,11 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
             return vae.encode(pixels)
     device, park = devices(vae)
     owns = tile_regions(h, w, tile)
+    fine_tile = full_resolution_tile(tile, device)
+    fine = tile_regions(h, w, fine_tile)
     segments = encoder_segments(enc)
     levels = replay_levels("encode", segments, 1, h, w, dtype, park, replay, 0)  # the input image is already held
-    log.info("DiffBIR VAE encode: %dx%d px in %d exact tiles of %d px%s", w, h, len(owns), tile,
-             f" (replaying levels {sorted(levels)} to save memory)" if levels else "")
+    log.info("DiffBIR VAE encode: %dx%d px %s", w, h, describe_tiles(owns, tile, fine, fine_tile, levels))
     bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None
     out = torch.empty((b, 4, h // 8, w // 8), dtype=torch.float32, device=vae.output_device)
     for i in range(b):
@@ -68,7 +71,7 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
                 t, bo, le, r = first.own(j)
                 first.chunks[j] = x[..., t:bo, le:r]
             del x
-            features = run_tiled(segments, first, device, park, levels, bar, meter)
+            features = run_tiled(segments, first, device, park, levels, bar, meter, fine)
             feature = torch.empty((1, features.chunks[0].shape[1], h // 8, w // 8), dtype=features.chunks[0].dtype,
                                   device=device, memory_format=first.memory_format)
             for j in range(len(features.owns)):

@@ -226,9 +226,11 @@ def _run(segments: list[Segment], plan: list[list], first: TiledMap, device, par
     return source
 
 
-def run_tiled(segments, first: TiledMap, device, park, replay: set[int], bar, meter) -> TiledMap:
+def run_tiled(segments, first: TiledMap, device, park, replay: set[int], bar, meter,
+              full_resolution_owns: list | None = None) -> TiledMap:
     """Runs ``segments`` from ``first``; each with the tiles ``segment_owns`` gives it."""
     log.debug("DiffBIR tiled VAE: replaying levels %s", sorted(replay))
-    plan = segment_owns(segments, first.step, first.owns, first.height * first.step, first.width * first.step)
+    plan = segment_owns(segments, first.step, first.owns, first.height * first.step, first.width * first.step,
+                        full_resolution_owns)
     return _run(segments, plan, first, device, park, replay,
                 (lambda: bar.update(1)) if bar is not None else (lambda: None), meter)

@@ -18,6 +18,7 @@ AUTO_TILES = (1024, 768, 512, 256, 128)  # px, largest first
 # held twice the memory (+6.4 instead of +3.3 GiB; docs/tiling.md): the automatic choice stops at 512.
 # 256 px tiles hold fewer tensors but were 7-9 % slower at 1024 px (0.3-3.6 % faster at 2048 px).
 CPU_AUTO_TILE_MAX = 512
+CPU_FULL_RESOLUTION_TILE_MAX = 256  # px: the tile of the full-resolution segments on a CPU (full_resolution_tile)
 ENCODE_TILES_FROM = 1024  # px, longest side: from there a CPU fp32 encode takes tiles (tiles_beat_untiled)
 GIB = 1024 ** 3
 
@@ -80,11 +81,14 @@ def choose_replay(segments: list[Segment], steps: list[int], height: int, width:
         replay |= {level for level, size in current.items() if size == worst}
 
 
-def segment_owns(segments: list[Segment], start_step: int, owns: list, height: int, width: int) -> list[list]:
+def segment_owns(segments: list[Segment], start_step: int, owns: list, height: int, width: int,
+                 full_resolution_owns: list | None = None) -> list[list]:
     """The own regions each segment runs with: the whole image as one tile where that segment's whole
     working size (channels x elements of its input and output) is no more than the largest a tile
     already takes at some segment, else ``owns``. Low-resolution levels have few elements per channel,
-    so there one whole pass replaces the tiles and their halo recompute at no extra peak memory."""
+    so there one whole pass replaces the tiles and their halo recompute at no extra peak memory.
+    ``full_resolution_owns``, where given, replaces ``owns`` for the segments with their input or output at
+    full resolution (see ``full_resolution_tile``)."""
     tile_h = max(own[1] - own[0] for own in owns)
     tile_w = max(own[3] - own[2] for own in owns)
 
@@ -96,7 +100,28 @@ def segment_owns(segments: list[Segment], start_step: int, owns: list, height: i
     steps = [start_step, *segment_steps(segments, start_step)][:-1]
     budget = max(size(segment, step, tile_h, tile_w) for segment, step in zip(segments, steps))
     whole = [(0, height, 0, width)]
-    return [whole if size(segment, step, height, width) <= budget else owns for segment, step in zip(segments, steps)]
+    plan = [whole if size(segment, step, height, width) <= budget else owns for segment, step in zip(segments, steps)]
+    if full_resolution_owns is not None:
+        plan = [full_resolution_owns if own is owns and 1 in (step, out_step(step, segment.resample)) else own
+                for segment, step, own in zip(segments, steps, plan)]
+    return plan
+
+
+def full_resolution_tile(tile: int, device: torch.device) -> int:
+    """The tile (px) of the segments at full resolution, for a pass in ``tile`` px tiles. On a CPU at most
+    CPU_FULL_RESOLUTION_TILE_MAX: there one tile's working tensors are the largest of the pass (256 channels
+    per pixel around the decoder's last upsample: 0.27 GiB for a 512 px tile, on top of the parked maps of
+    the other tiles), and smaller tiles there cost only their slightly larger halo share
+    (docs/tiling.md). Elsewhere ``tile`` (not measured)."""
+    return min(tile, CPU_FULL_RESOLUTION_TILE_MAX) if device.type == "cpu" else tile
+
+
+def describe_tiles(owns: list, tile: int, fine: list, fine_tile: int, levels: set[int]) -> str:
+    """How a pass runs, for the log: "in 4 exact tiles of 512 px (16 of 256 px at full resolution)"."""
+    notes = [f"{len(fine)} of {fine_tile} px at full resolution"] if len(fine) != len(owns) else []
+    if levels:
+        notes.append(f"replaying levels {sorted(levels)} to save memory")
+    return f"in {len(owns)} exact tiles of {tile} px" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 REPLAY_SHARE = 8  # lockstep may park up to 1/8 of the parking device's free memory; above, levels replay

@@ -72,9 +72,11 @@ class TiledMap:
         return out
 
     def regrid(self, owns: list) -> TiledMap:
-        """The same map kept as other own regions (e.g. the whole image as one tile at a small level)."""
+        """The same map kept as other own regions (e.g. the whole image as one tile at a small level); this
+        one is left empty, so that a caller still holding it (the first map of a pass) holds no memory."""
         out = TiledMap(owns, self.step, self.height * self.step, self.width * self.step, self.memory_format)
         out.chunks = [self._assemble(out.own(i)) for i in range(len(owns))]
+        self.chunks = [None] * len(self.owns)
         return out
 
     def consume(self, halo: int) -> Generator:
