@@ -235,6 +235,14 @@ def test_small_levels_run_whole_without_raising_the_tile_working_size(tv, vae):
     assert [len(p) for p in enc_plan] == [4, 4, 4, 4, 4, 1, 1, 1]
     # one tile of the whole image: nothing to change
     assert tv.planning.segment_owns(segments, 8, whole, 512, 512) == [whole] * len(segments)
+    # smaller tiles at full resolution: the decoder's last level (and its upsample into it), the encoder's
+    # first level and the downsample out of it; nothing else changes
+    fine = tv.tiles.tile_regions(512, 512, 128)
+    fine_plan = tv.planning.segment_owns(segments, 8, owns, 512, 512, fine)
+    assert [p is fine for p in fine_plan] == [s.level == 0 for s in segments]
+    assert [p for p, s in zip(fine_plan, segments) if s.level] == [p for p, s in zip(plan, segments) if s.level]
+    enc_fine = tv.planning.segment_owns(enc_segments, 1, owns, 512, 512, fine)
+    assert [len(p) for p in enc_fine] == [16, 16, 16, 4, 4, 1, 1, 1]
 
 
 def test_automatic_tile_stops_at_512_px_on_a_cpu(tv):
