@@ -16,7 +16,8 @@ MIN_TILE = 64
 AUTO_TILES = (1024, 768, 512, 256, 128)  # px, largest first
 # On a CPU, 1024 px tiles instead of 512 saved 6 % of the VAE's time at 2048 px (2 % of a restore) and
 # held twice the memory (+6.4 instead of +3.3 GiB; docs/tiling.md): the automatic choice stops at 512.
-# 256 px tiles hold fewer tensors but were 7-9 % slower at 1024 px (0.3-3.6 % faster at 2048 px).
+# 256 px tiles at every level hold fewer tensors but were 7-9 % slower at 1024 px (0.3-3.6 % faster at 2048 px);
+# at the full-resolution level alone they cost no time (CPU_FULL_RESOLUTION_TILE_MAX).
 CPU_AUTO_TILE_MAX = 512
 CPU_FULL_RESOLUTION_TILE_MAX = 256  # px: the tile of the full-resolution segments on a CPU (full_resolution_tile)
 ENCODE_TILES_FROM = 1024  # px, longest side: from there a CPU fp32 encode takes tiles (tiles_beat_untiled)
