@@ -101,11 +101,15 @@ def segment_owns(segments: list[Segment], start_step: int, owns: list, height: i
     steps = [start_step, *segment_steps(segments, start_step)][:-1]
     budget = max(size(segment, step, tile_h, tile_w) for segment, step in zip(segments, steps))
     whole = [(0, height, 0, width)]
-    plan = [whole if size(segment, step, height, width) <= budget else owns for segment, step in zip(segments, steps)]
-    if full_resolution_owns is not None:
-        plan = [full_resolution_owns if own is owns and 1 in (step, out_step(step, segment.resample)) else own
-                for segment, step, own in zip(segments, steps, plan)]
-    return plan
+
+    def regions(segment: Segment, step: int) -> list:
+        if size(segment, step, height, width) <= budget:
+            return whole
+        if full_resolution_owns is not None and 1 in (step, out_step(step, segment.resample)):
+            return full_resolution_owns
+        return owns
+
+    return [regions(segment, step) for segment, step in zip(segments, steps)]
 
 
 def full_resolution_tile(tile: int, device: torch.device) -> int:
