@@ -22,7 +22,7 @@ Options of a case (the official command-line flags they stand for):
   official tiled VAE is approximate (shared but averaged GroupNorm statistics) while the pack's
   exact tiled VAE equals the untiled one;
 - ``n_samples``: ``--n_samples N --batch_size N``: the image repeated N times in one batch;
-- ``lq``: the low-quality image (LQ_IMAGES), by default the 123 x 77 crop.
+- ``lq``: the low-quality image (LQ_IMAGES), by default the 85 x 77 crop.
 
 Face cases (``--task face`` / ``face_background``) run the official loops of
 ``diffbir/inference/bfr_loop.py`` and ``unaligned_bfr_loop.py``. The faces-in-the-wild case runs the
@@ -59,7 +59,9 @@ REPO = HERE.parents[1]
 OUT = REPO / "tests" / "golden" / "end_to_end"
 SEED = 231  # the shipped workflows' noise seed (the official CLI default)
 STEPS = 4
-LQ_BOX = (100, 170, 77, 123)  # (top, left, height, width) of skimage's astronaut: 123 x 77
+# (top, left, height, width) of skimage's astronaut: 85 x 77, so x 4 it is 340 x 308 and the official
+# short-side-512 resize and pad to 64 make a 576 x 512 working size (padding on the long side)
+LQ_BOX = (100, 170, 77, 85)
 UNET = dict(use_checkpoint=False, image_size=32, in_channels=4, model_channels=320, attention_resolutions=[1, 2],
             num_res_blocks=1, channel_mult=[1, 2], num_head_channels=64, use_spatial_transformer=True,
             use_linear_in_transformer=True, transformer_depth=1, context_dim=1024, legacy=False)
@@ -107,12 +109,12 @@ WILD_CONFIDENCE = 0.988
 
 def lq_image(name: str) -> Image.Image:
     """The low-quality images of the cases, from scikit-image's astronaut (512 x 512, public domain):
-    ``astronaut_123x77`` an odd-sized crop; ``face_512`` the face (a 128 x 128 crop) PIL-bicubic upscaled
+    ``astronaut_85x77`` an odd-sized crop; ``face_512`` the face (a 128 x 128 crop) PIL-bicubic upscaled
     to 512 x 512, a blurry aligned-looking face; ``astronaut_320`` a 320 x 320 crop with the face."""
     from skimage import data
 
     image = data.astronaut()
-    if name == "astronaut_123x77":
+    if name == "astronaut_85x77":
         top, left, h, w = LQ_BOX
         return Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
     if name == "face_512":
@@ -280,7 +282,7 @@ def main():
                 metas[path]["cases"] = json.loads(path.read_text())["cases"]
         meta = metas[path]
         options = dict(OPTIONS.get(case, {}))
-        lq = lq_image(options.pop("lq", "astronaut_123x77"))
+        lq = lq_image(options.pop("lq", "astronaut_85x77"))
         extra = {}
         if task == "face_background":
             out, faces = run_wild_case(cldm, lq, upscale)

@@ -22,8 +22,8 @@ prompts and cfg 4, 4 spaced steps, per scale ``s``:
 - pixel space: ``--guidance --g_loss w_mse --g_space rgb --g_scale s`` (the official README's
   example uses 0.5 in rgb space; w_mse is the sweep's own loss and runs officially in rgb). The
   official code back-propagates through the whole VAE decoder with plain autograd at the working size
-  (short side at least 512 px, here 832 x 512): the process peaks at 15.4 GiB resident (5 min on
-  a 2-core CPU), so this run is made only when named, on a machine with the memory;
+  (short side at least 512 px, here 576 x 512): the process peaks at about 11.7 GiB resident
+  (minutes on a 2-core CPU), so this run is made only when named, on a machine with the memory;
 - (scale 0 is not made here: the pack's scale 0 returns the model unpatched, i.e. make_end_to_end.py's
   unguided ``v2_bsrnet_sr_x4``; the official ``--guidance --g_scale 0`` would still draw posterior
   samples and so change the noise.)

@@ -63,7 +63,7 @@ def main():
     log("merged checkpoint", path.name)
     cldm = build_cldm(checkpoint=path)
     workflow, version, task, pipeline_name, cleaner_file, sampler, upscale = CASES[BASE_CASE]
-    lq = lq_image("astronaut_123x77")
+    lq = lq_image("astronaut_85x77")
     out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq)
     base_lq = np.asarray(Image.open(OUT / f"{BASE_CASE}_lq.png").convert("RGB"))
     assert np.array_equal(np.asarray(lq), base_lq), "the base case's image changed"
