@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+# The benchmark tooling, not the user's path and not runtime-specific: default runtime only in CI.
+pytestmark = pytest.mark.once
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:

@@ -85,6 +85,9 @@ def test_replay_equals_lockstep_and_parks_less(tv, vae, square, part):
     assert peaks[True] < 1.25 * full_map, (peaks, full_map)
 
 
+# The pack's own memory arithmetic (exact tensor counts), the same on every runtime: default runtime only
+# in CI (the equality tests above and below run on each).
+@pytest.mark.once
 @pytest.mark.parametrize("part", ["encode", "decode"])
 def test_tiles_hold_one_working_copy_at_a_time(tv, vae, part, monkeypatch):
     """All the tensors alive at once in a lockstep pass, counted exactly (live_memory), in full-resolution
@@ -113,6 +116,7 @@ def test_tiles_hold_one_working_copy_at_a_time(tv, vae, part, monkeypatch):
     assert 2 < maps < {"encode": 2.28, "decode": 2.55}[part], maps
 
 
+@pytest.mark.once  # as above: the pack's memory arithmetic
 @pytest.mark.parametrize("part", ["encode", "decode"])
 def test_full_resolution_runs_in_smaller_tiles_on_a_cpu(tv, vae, part, monkeypatch, caplog):
     """On a CPU the segments at full resolution take tiles of at most CPU_FULL_RESOLUTION_TILE_MAX px

@@ -110,13 +110,17 @@ def test_tiled_run_matches_the_official(comfy, models, name, tile_batch):
     relative = diff / g["z"].abs().max().item()
     print(f"{name}: latent max abs diff {diff:.2e} (relative {relative:.1e})")
     if meta["sampler"] == "spaced":
-        # Measured 4.0e-4 on latents up to ~93 (4.3e-6 relative): the model calls' float rounding.
+        # Measured 4.0e-4 (AVX-512 CPU) / 3.6e-4 (AVX2) on latents up to ~93 (<= 4.3e-6 relative): float rounding.
         assert diff < 1e-4 or relative < 1e-5
     else:
         assert diff <= edm_first_step_bound(g["draws"][0]), f"latent {diff:.2e} (relative {relative:.1e})"
-    if name == "run_v2_spaced_tiled":  # the final image: both latents through the same VAE
+    if name == "run_v2_spaced_tiled":  # the image: both latents through the same VAE
+        # The middle 24 x 24 of the 72 x 72 latent (192 px), where all 4 windows overlap and blend: a ninth
+        # of the whole image's decode time (about 30 s on 2 CPU cores); the whole image is compared end to
+        # end by tests/test_end_to_end_parity.py (v21_tiled_sr_x4).
+        middle = (..., slice(24, 48), slice(24, 48))
         with torch.inference_mode():
-            images = models["vae"].decode(torch.cat([ours, g["z"] / LATENT_SCALE]))
+            images = models["vae"].decode(torch.cat([ours[middle], g["z"][middle] / LATENT_SCALE]))
         image_diff = (images[0] - images[1]).abs().max().item()
-        print(f"{name}: final image max abs diff {image_diff:.2e} (on [0, 1])")
+        print(f"{name}: decoded middle max abs diff {image_diff:.2e} (on [0, 1])")
         assert image_diff < 1e-4
