@@ -24,7 +24,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "server: uses the headless ComfyUI server")
     config.addinivalue_line("markers", "slow: takes more than a minute on 2 CPU cores")
     config.addinivalue_line("markers", "once: slow and not runtime-specific (a variant of a case that runs on every "
-                            "runtime): CI runs it on the default runtime only (-m 'not once' on the others)")
+                            "runtime, or the pack's own arithmetic or tooling): CI runs it on the default runtime "
+                            "only (-m 'not once' on the others)")
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     comfy_runtime.start(SCRATCH / "in-process", MODELS_DIR)
 
