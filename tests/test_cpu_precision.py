@@ -111,6 +111,27 @@ def test_native_bf16_reads_the_cpu_flags(precision, tmp_path, flags, native):
     assert precision.native_bf16(str(cpuinfo)) is native
 
 
+@pytest.mark.parametrize("flags,native", [
+    ("flags\t\t: fpu avx512f avx512_fp16 amx_tile", True),  # Intel Xeon 4th generation
+    ("flags\t\t: fpu avx512f amx_fp16", True),
+    ("Features\t: fp asimd fphp asimdhp", True),  # Arm with fp16 arithmetic
+    ("flags\t\t: fpu sse4_2 avx2 f16c avx512f avx512_bf16", False),  # f16c only converts
+])
+def test_native_fp16_reads_the_cpu_flags(precision, tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some cpu\n{flags}\n\n")
+    assert precision.native_fp16(str(cpuinfo)) is native
+
+
+@pytest.mark.parametrize("bf16,fp16", [(False, False), (True, True), (True, False)])
+def test_emulated_follows_the_instructions_of_each_half_precision(precision, monkeypatch, bf16, fp16):
+    monkeypatch.setattr(precision, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(precision, "native_fp16", lambda: fp16)
+    assert precision.emulated_on_this_cpu(torch.bfloat16) is not bf16
+    assert precision.emulated_on_this_cpu(torch.float16) is not fp16
+    assert precision.emulated_on_this_cpu(torch.float32) is False
+
+
 def test_unknown_precision_is_refused(restoration):
     with pytest.raises(ValueError, match="cpu_precision must be one of fp32, bf16"):
         call_node("DiffBIRModelSampling", restoration[0], "v2.1", "fastest_exact", "fp16")

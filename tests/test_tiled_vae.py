@@ -2,6 +2,7 @@
 VAE of the tiny checkpoint, random weights), the margins follow the network, bad tile sizes."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -348,6 +349,39 @@ def test_untiled_pass_moves_the_bar_per_block_and_stops_on_cancel(tv, vae, encod
     with torch.inference_mode():
         vae.decode(latent)
     assert updates == []
+
+
+@pytest.mark.parametrize("dtype,flag", [(torch.bfloat16, "--bf16-vae"), (torch.float16, "--fp16-vae")])
+@pytest.mark.parametrize("emulated", [True, False])
+def test_a_half_precision_vae_that_this_cpu_emulates_is_named_in_a_warning(comfy, vae, dtype, flag, emulated,
+                                                                         monkeypatch, caplog):
+    # what ComfyUI started with --bf16-vae / --fp16-vae holds; the check reads only the VAE's dtype and device
+    planning = comfy.pack_module("diffbir_modules.tiled_vae.planning")
+    precision = comfy.pack_module("diffbir_modules.cpu_precision")
+    monkeypatch.setattr(precision, "native_bf16", lambda: not emulated)
+    monkeypatch.setattr(precision, "native_fp16", lambda: not emulated)
+    half = copy.copy(vae)
+    half.vae_dtype = dtype
+    with caplog.at_level(logging.WARNING, logger="DiffBIR"):
+        planning.warn_if_emulated(half, "decode")
+        planning.warn_if_emulated(vae, "encode")  # float32: never
+    if emulated:
+        assert "DiffBIR VAE decode" in caplog.text and f"Start ComfyUI without {flag}" in caplog.text
+        assert "encode" not in caplog.text
+    else:
+        assert caplog.text == ""
+
+
+def test_every_vae_pass_checks_for_emulated_precision(comfy, tv, vae, encoded, monkeypatch):
+    checked = []
+    for module in ("encoder", "decoder"):
+        monkeypatch.setattr(comfy.pack_module(f"diffbir_modules.tiled_vae.{module}"), "warn_if_emulated",
+                            lambda v, what: checked.append((v, what)))
+    image, latent = encoded
+    with torch.inference_mode():
+        tv.encode(vae, image[:, :64, :128], 64, progress=False)
+        tv.decode(vae, latent[..., :8, :16], 64, progress=False, clamp=False)
+    assert checked == [(vae, "encode"), (vae, "decode")]  # once per pass, also through clamp=False
 
 
 def test_tiles_split_on_latent_pixels(tv):

@@ -22,6 +22,7 @@ from .planning import (
     tile_layout,
     tiles_beat_untiled,
     validate_tile,
+    warn_if_emulated,
 )
 from .segments import TILE_HALO_PX, decoder_segments, passes
 from .tiles import TiledMap, tile_regions
@@ -40,6 +41,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
         with comfy_compat.unclipped_vae_output(vae):
             return decode(vae, latent, tile_size, progress, replay, meter)
     validate_tile(tile_size)
+    warn_if_emulated(vae, "decode")
     if not tile_size and not hasattr(vae.first_stage_model, "decoder"):
         return vae.decode(latent)
     check_supported(vae)

@@ -20,6 +20,7 @@ from .planning import (
     tile_layout,
     tiles_beat_untiled,
     validate_tile,
+    warn_if_emulated,
 )
 from .segments import TILE_HALO_PX, encoder_segments, passes
 from .tiles import TiledMap, tile_regions
@@ -33,6 +34,7 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
     [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic (untiled when the whole
     image fits in free memory, except a large image on a CPU in fp32: ``tiles_beat_untiled``)."""
     validate_tile(tile_size)
+    warn_if_emulated(vae, "encode")
     if not tile_size and not hasattr(vae.first_stage_model, "encoder"):
         return vae.encode(pixels)
     check_supported(vae)

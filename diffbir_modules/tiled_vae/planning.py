@@ -1,14 +1,17 @@
 """The choices before a tiled pass: a VAE this package knows, valid tile sizes, the automatic tile,
-the levels that replay to fit in memory, and the devices that compute and park."""
+the levels that replay to fit in memory, the devices that compute and park, and a warning where the
+VAE's precision is emulated on this CPU."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import comfy.model_management
 import psutil
 import torch
 
+from ..cpu_precision import emulated_on_this_cpu
 from .segments import DOWN, UP, Segment, out_step, segment_steps
 
 TILE_MULTIPLE = 64
@@ -23,6 +26,8 @@ CPU_FULL_RESOLUTION_TILE_MAX = 256  # px: the tile of the full-resolution segmen
 ENCODE_TILES_FROM = 1024  # px, longest side: from there a CPU fp32 encode takes tiles (tiles_beat_untiled)
 GIB = 1024 ** 3
 
+log = logging.getLogger("DiffBIR")
+
 
 class TiledVAEError(ValueError):
     """Invalid tile settings or a VAE this package cannot tile; the message says what to do."""
@@ -34,6 +39,20 @@ def validate_tile(tile_size: int) -> None:
     if tile_size and (tile_size < MIN_TILE or tile_size % TILE_MULTIPLE):
         raise TiledVAEError(f"VAE tile_size {tile_size} px is not valid: use 0 (automatic) or a multiple of "
                             f"{TILE_MULTIPLE} px, at least {MIN_TILE} (e.g. 256, 512, 1024)")
+
+
+def warn_if_emulated(vae, what: str) -> None:
+    """Warns where ComfyUI runs the VAE on a CPU in a half precision the CPU has no instructions for
+    (``--bf16-vae`` or ``--fp16-vae`` without AVX-512 BF16 / AMX or AVX-512 FP16): PyTorch then computes it
+    in software, 10-1000x slower than float32 (``cpu_precision.emulated_on_this_cpu``), so a pass that
+    takes seconds in float32 can take hours and look hung. The pass still runs as asked."""
+    dtype = vae.vae_dtype
+    if torch.device(vae.device).type == "cpu" and emulated_on_this_cpu(dtype):
+        flag = "--bf16-vae" if dtype == torch.bfloat16 else "--fp16-vae"
+        name = str(dtype).removeprefix("torch.")
+        log.warning("DiffBIR VAE %s: ComfyUI runs the VAE in %s on this CPU, which has no %s instructions, so "
+                    "PyTorch emulates them: 10 to 1000 times slower than float32 (measured on such a CPU). "
+                    "Start ComfyUI without %s (or with --fp32-vae).", what, name, name, flag)
 
 
 def check_supported(vae) -> None:
