@@ -277,9 +277,12 @@ def main():
         path = meta_file(task)
         if path not in metas:
             metas[path] = {"seed": SEED, "steps": STEPS, "official_commit": official.COMMITS["main"],
-                           "precision": "fp32", "lq_size": [w, h], "cases": {}}
+                           "precision": "fp32", "cases": {}}
             if path.exists():  # cases not named on the command line are kept
-                metas[path]["cases"] = json.loads(path.read_text())["cases"]
+                kept = json.loads(path.read_text())
+                metas[path]["cases"] = kept["cases"]
+                if "lq_size" in kept:
+                    metas[path]["lq_size"] = kept["lq_size"]
         meta = metas[path]
         options = dict(OPTIONS.get(case, {}))
         lq = lq_image(options.pop("lq", "astronaut_85x77"))
@@ -291,6 +294,8 @@ def main():
             out = run_case(cldm, version, task, pipeline_name, cleaner_file, sampler, upscale, lq, **options)
         if "lq" in OPTIONS.get(case, {}):
             extra["lq_size"] = list(lq.size)
+        else:  # the default crop: its size is recorded once, for the cases that use it
+            meta["lq_size"] = [w, h]
         lq.save(OUT / f"{case}_lq.png")
         if len(out) == 1:
             Image.fromarray(out[0]).save(OUT / f"{case}_official.png")
