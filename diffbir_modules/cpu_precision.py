@@ -21,6 +21,8 @@ import logging
 import comfy.patcher_extension
 import torch
 
+from . import cpu_features
+
 log = logging.getLogger("DiffBIR")
 
 CPU_PRECISIONS = ("fp32", "bf16")
@@ -28,22 +30,12 @@ WRAPPER_KEY = "diffbir_cpu_bf16"
 CALC_COND_BATCH = comfy.patcher_extension.WrappersMP.CALC_COND_BATCH
 
 
-def _cpu_flags(cpuinfo: str) -> set[str] | None:
-    """The instruction-set flags Linux lists in ``cpuinfo`` (x86 "flags", Arm "Features"); None elsewhere."""
-    try:
-        with open(cpuinfo) as lines:
-            return {word for line in lines if line.lower().startswith(("flags", "features"))
-                    for word in line.split(":", 1)[-1].split()}
-    except OSError:
-        return None
-
-
 @functools.cache
-def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def native_bf16(cpuinfo: str = cpu_features.CPUINFO) -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX on x86, BF16 on Arm), where
     autocast to bf16 is faster than float32; elsewhere bf16 is emulated (ComfyUI: "extremely slow"). Linux
     lists the instruction sets in ``cpuinfo``; elsewhere torch can only say whether AMX is there."""
-    flags = _cpu_flags(cpuinfo)
+    flags = cpu_features.flags(cpuinfo)
     if flags is None:
         init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
         return bool(init_amx and init_amx())
@@ -51,10 +43,10 @@ def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 @functools.cache
-def native_fp16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def native_fp16(cpuinfo: str = cpu_features.CPUINFO) -> bool:
     """Whether this CPU computes fp16 in hardware (AVX-512 FP16 or AMX-FP16 on x86, FP16 arithmetic on
     Arm); unknown (taken as yes) where Linux's ``cpuinfo`` is not there."""
-    flags = _cpu_flags(cpuinfo)
+    flags = cpu_features.flags(cpuinfo)
     return flags is None or bool(flags & {"avx512_fp16", "amx_fp16", "fphp"})
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from batch import engine
 from batch.workers import RayPool
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
 from scripts import comfy_headless
 
 WORKFLOW = comfy_headless.REPO / "example_workflows" / "DiffBIR v2 denoising (SCUNet).json"
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     base = results[0]["images_per_minute"]
     for result in results:
         result["scaling_vs_first"] = round(result["images_per_minute"] / base, 3)
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load},
+    report = {"machine": {"platform": platform.platform(), "cpu": cpu_features.describe(), "loadavg_start": load},
               "workflow": WORKFLOW.name, "size": args.size, "steps": args.steps, "results": results}
     print(json.dumps(report, indent=1))
     if args.json:

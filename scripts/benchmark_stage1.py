@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
+
 REPO = Path(__file__).resolve().parent.parent
 
 FILES = {"swinir": "realesrgan_s4_swinir_100k.pth", "bsrnet": "BSRNet.pth", "scunet": "scunet_color_real_psnr.pth"}
@@ -108,6 +110,7 @@ def bench(args) -> None:
                     raise SystemExit(f"case {kind} {size} {tiling} failed")
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["load_average"] = os.getloadavg()[0]
+                result["cpu"] = cpu_features.describe()
                 results.append(result)
                 added = result["peak_rss_mib"] - result["rss_before_run_mib"]
                 print(f"{kind:7s} {size:5d}^2 {tiling:14s} tiles {result['tiles']:3d}  {result['seconds']:8.2f} s "

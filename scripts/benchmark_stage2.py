@@ -49,6 +49,7 @@ import threading
 import time
 from pathlib import Path
 
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
 from scripts import recorded_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -406,19 +407,19 @@ def build_models(variant: str) -> tuple[Path, Path]:
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu_model"] = names[0] if names else "unknown"
-    except OSError:
-        info["cpu_model"] = platform.processor() or "unknown"
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu_model": cpu_features.model_name(), "cpu": cpu_features.describe()}
     try:
         with open("/proc/meminfo") as f:
             info["mem_total"] = int(f.readline().split()[1]) * 1024
     except OSError:
         pass
     return info
+
+
+def _cpu(machine: dict) -> str:
+    """The CPU of a report's ``machine``; reports before ``cpu`` was recorded have only its model."""
+    return machine.get("cpu") or f"{machine['cpu_model']}, {machine['cpus']} CPUs"
 
 
 def watch(child: subprocess.Popen, timeout: float | None, min_available_gib: float) -> str | None:
@@ -606,7 +607,7 @@ def main(argv=None) -> int:
     if args.render:
         reports = [json.loads(Path(p).read_text()) for p in args.render]
         for r in reports:
-            print(f"{r['command']}: {r['machine']['cpu_model']}, {r['machine']['cpus']} CPUs, "
+            print(f"{r['command']}: {_cpu(r['machine'])}, "
                   f"{r['started']} -> {r['finished']}, load average {r['loadavg_start']} -> {r['loadavg_end']}")
         print()
         print(markdown({"cases": [c for r in reports for c in r["cases"]]}))
@@ -615,7 +616,7 @@ def main(argv=None) -> int:
     path = Path(args.out_dir) / "report.json"
     path.write_text(json.dumps(report, indent=1))
     machine = report["machine"]
-    print(f"\n{machine['cpu_model']}, {machine['cpus']} CPUs; load average {report['loadavg_start']} -> "
+    print(f"\n{_cpu(machine)}; load average {report['loadavg_start']} -> "
           f"{report['loadavg_end']}; report: {path}\n")
     print(markdown(report))
     return 0 if all("error" not in c for c in report["cases"]) else 1

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -201,7 +203,7 @@ def main():
         result = json.loads(lines[-1][len("RESULT "):])
         results.append(result)
         print(json.dumps(result), flush=True)
-    summary = {"cases": results}
+    summary = {"cpu": cpu_features.describe(), "cases": results}
     if len(results) >= 2 and "peak_cuda_allocated_gib" in results[0]:
         summary["peak_cuda_ratio"] = results[-1]["peak_cuda_allocated_gib"] / results[0]["peak_cuda_allocated_gib"]
         print(f"peak CUDA allocated {results[0]['size']} px: {results[0]['peak_cuda_allocated_gib']:.2f} GiB, "

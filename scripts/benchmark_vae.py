@@ -35,7 +35,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
 from scripts import in_worker_thread, recorded_command
 from scripts.benchmark_tiling import RssWatch
 
@@ -99,8 +99,8 @@ def measure(sizes: list[int], tile: int, rounds: int, threads: int, exact_only: 
     weights = load_file(str(model_factory.sd2_checkpoint("tiny", dtype=torch.float32)))
     vae = comfy.sd.VAE(sd={k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     del weights
-    report = {"tile": tile, "rounds": rounds, "threads": threads, "device": f"cpu ({platform.machine()}, "
-              f"{os.cpu_count()} cores)", "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
+    report = {"tile": tile, "rounds": rounds, "threads": threads, "device": f"cpu ({cpu_features.describe()})",
+              "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
               "exact_only": exact_only, "replay": replay, "count_tensors": count_tensors,
               "cpu_full_resolution_tile_max": planning.CPU_FULL_RESOLUTION_TILE_MAX, "sizes": {}}
     weights_and_buffers = [*vae.first_stage_model.parameters(), *vae.first_stage_model.buffers()]

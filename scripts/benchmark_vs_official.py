@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -58,6 +57,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
 from scripts import in_worker_thread, recorded_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def runtime(device: str) -> dict:
     """The torch version and the device a side ran on (its GPU's name on CUDA)."""
     import torch
 
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    name = torch.cuda.get_device_name() if device == "cuda" else cpu_features.describe()
     return {"torch": torch.__version__, "device": name}
 
 

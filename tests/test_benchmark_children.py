@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from diffbir_modules import cpu_features
+
 REPO = Path(__file__).resolve().parent.parent
 # The benchmark tooling, not the user's path and not runtime-specific: default runtime only in CI.
 pytestmark = pytest.mark.once
@@ -32,7 +34,9 @@ def test_tiling_benchmark_child(tmp_path):
     report = tmp_path / "tiling.json"
     run_module("scripts.benchmark_tiling", "--variant", "tiny", "--sizes", "256", "--steps", "1", "--json",
                str(report))
-    [result] = json.loads(report.read_text())["cases"]
+    summary = json.loads(report.read_text())
+    assert summary["cpu"] == cpu_features.describe()  # timings compare only on one CPU
+    [result] = summary["cases"]
     assert result["output"] == [1, 256, 256, 3]
     assert all(math.isfinite(result[k]) and result[k] > 0 for k in ("vae_encode_s", "sampling_s", "vae_decode_s"))
 
@@ -40,5 +44,7 @@ def test_tiling_benchmark_child(tmp_path):
 def test_stage2_benchmark_child(tmp_path):
     run_module("scripts.benchmark_stage2", "--variant", "tiny", "--sizes", "64", "--steps", "1", "--cfgs", "4",
                "--control-only", "--device", "cpu", "--out-dir", str(tmp_path))
-    [case] = json.loads((tmp_path / "report.json").read_text())["cases"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["machine"]["cpu"] == cpu_features.describe()
+    [case] = report["cases"]
     assert case["decoded_shape"] == [1, 64, 64, 3] and case["decoded_finite"]

@@ -3,6 +3,7 @@ equal to ComfyUI's untiled one (a smoke run at a small size; the figures themsel
 
 from __future__ import annotations
 
+from diffbir_modules import cpu_features
 from scripts import benchmark_vae, in_worker_thread
 
 
@@ -15,6 +16,7 @@ def test_benchmark_vae_small_run(comfy):
     # exact tiles: the tiled-VAE tests measure <= 1.7e-5 relative (latent) and 2.2e-3 / 255 (image)
     assert row["encode_max_relative_difference"] < 1e-4
     assert row["decode_max_difference"] < 1e-4
+    assert report["device"] == f"cpu ({cpu_features.describe()})"  # timings compare only on one CPU
 
 
 def test_benchmark_vae_exact_only(comfy):

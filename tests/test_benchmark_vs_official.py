@@ -191,6 +191,13 @@ def test_one_interpreter_for_both_sides(tmp_path, monkeypatch):
     assert "--python python3 --device cuda" in report["meta"]["command"]
 
 
+def test_a_cpu_side_names_its_cpu():
+    """Model, cores and vector extensions: the same code's step differs 1.7-2.0x between two 2-core CPUs."""
+    from diffbir_modules import cpu_features
+
+    assert bench.runtime("cpu")["device"] == cpu_features.describe()
+
+
 def test_count_tensors_per_stage(tmp_path, monkeypatch):
     """--count-tensors reaches the sides' spec; the reported run's counter follows the timed stages (and
     returns to what runs between them), the result carries the peaks per stage and over the run, and

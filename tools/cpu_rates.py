@@ -19,6 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from diffbir_modules import cpu_features  # plain Python: no ComfyUI import
+
 # 3x3 convolutions: (in, out, height = width) at batch 2
 CONVOLUTIONS = [(320, 320, 64), (640, 320, 64), (960, 320, 64), (320, 640, 32), (640, 640, 32), (640, 1280, 16),
                 (1280, 1280, 16), (2560, 1280, 16), (1280, 1280, 8), (2560, 1280, 8)]
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
     parser.add_argument("--half", action="store_true", help="also bf16 and fp16 against float32")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, GFLOP/s")
+    print(f"{cpu_features.describe()}; torch {torch.__version__}, {args.threads} threads, float32, GFLOP/s")
     with torch.inference_mode():
         for c_in, c_out, size in CONVOLUTIONS:
             x, w = torch.randn(2, c_in, size, size), torch.randn(c_out, c_in, 3, 3)
