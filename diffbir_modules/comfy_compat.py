@@ -15,6 +15,8 @@ What changed between 0.3.75 and 0.33 that the pack has to care about:
 - the executor's cache arguments (``ram_inactive``) and its caches' ``get`` (a coroutine now).
 - ``default_noise_sampler`` seeds its stream with seed + 1 on the CPU (see sampling.make_noise_sampler).
 - the VAE applies its ``process_output`` in place (its return value was used before).
+- ``model_management.is_oom`` (newer) also recognises an accelerator error saying out of memory.
+- ``ControlBase.multigpu_clones`` (newer) holds a control's per-GPU clones.
 """
 
 from __future__ import annotations
@@ -88,6 +90,25 @@ def unload_model(patcher) -> None:
             mm.current_loaded_models.remove(loaded)
             break
     mm.soft_empty_cache()
+
+
+def register_multigpu_clone(control, load_device, clone) -> None:
+    """Records ``clone`` as ``control``'s copy for ``load_device`` in the registry newer releases keep
+    on every control (``ControlBase.multigpu_clones``, read by their multi-GPU sampling); made here
+    where the control has none."""
+    vars(control).setdefault("multigpu_clones", {})[load_device] = clone
+
+
+def runtime_says_out_of_memory(error: BaseException) -> bool:
+    """ComfyUI's own out-of-memory test, where the runtime has one (newer releases: also an
+    accelerator error with the out-of-memory code, whose pending CUDA error it then clears); False
+    where it has none or ComfyUI is not running."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return False
+    check = getattr(mm, "is_oom", None)
+    return bool(check is not None and check(error))
 
 
 @contextlib.contextmanager

@@ -201,6 +201,35 @@ def test_scale_zero_is_exactly_unguided(comfy, tiny):
     assert (guided - plain).abs().max() > 1e-3
 
 
+def test_sampling_leaves_no_device_copies_of_the_target(comfy, tiny):
+    """The patched MODEL stays in ComfyUI's cache after its prompt: the target's copies on the sampling
+    device (GPU memory outside model management) go when the sampling run ends; the CPU originals stay."""
+    model, clip, vae = tiny
+    patched = _node(comfy, "DiffBIRRestorationGuidance", model, vae, _image(), scale=0.5, loss="w_mse")[0]
+    guidance = patched.model_options["sampler_post_cfg_function"][0].__self__
+    _ksample(comfy, patched, clip, {"samples": torch.zeros(1, 4, 4, 4)}, steps=2)
+    assert guidance.last_losses  # the guidance ran, so it used the device copies
+    assert guidance._targets and all(not t._device_cache and t.mean is not None for t in guidance._targets.values())
+
+
+def test_rgb_tiles_stop_on_cancel(comfy, gm, tiny):
+    """A step of rgb guidance in tiles runs a decoder pass (forward and backward) per tile: cancel is
+    checked per tile, not only between sampling steps."""
+    import comfy.model_management as mm
+
+    model, _, vae = tiny
+    config = gm.GuidanceConfig(scale=0.5, loss="w_mse", space="rgb", rgb_memory="tiled", rgb_tile=8,
+                               rgb_tile_margin=2)
+    rg = gm.RestorationGuidance(vae, _image(32).movedim(-1, 1), config)
+    x0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            rg.delta(x0, model.model, None, {}, rg._new_run())
+    finally:
+        mm.interrupt_current_processing(False)
+
+
 def test_nan_target_is_refused(comfy, tiny):
     model, _, vae = tiny
     image = _image()

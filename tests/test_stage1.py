@@ -305,6 +305,37 @@ def test_out_of_memory_halves_tiles_then_fails_clearly(comfy, caplog):
         run_node(comfy, image, model, upscale=4.0)
 
 
+def test_out_of_memory_as_the_runtime_tells_it(comfy, stage1):
+    """Newer ComfyUI releases also count an accelerator error saying "out of memory" as one (and clear
+    the pending CUDA error): stage 1 asks the runtime, so it retries in tiles there too."""
+    from comfy import model_management as mm
+
+    accelerator_oom = getattr(torch, "AcceleratorError", RuntimeError)("CUDA error: out of memory")
+    assert stage1.is_oom(accelerator_oom) == hasattr(mm, "is_oom")
+    assert stage1.is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert stage1.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"))
+    assert not stage1.is_oom(RuntimeError("shapes cannot be multiplied"))
+    assert not stage1.is_oom(ValueError("out of memory"))
+
+
+def test_memory_asked_for_is_the_activations_only(comfy, stage1, monkeypatch):
+    """``load_models_gpu`` adds the model's own size to ``memory_required``: stage 1 asks for its
+    activations only, as core's upscale node does since it loads through model management."""
+    from comfy import model_management as mm
+
+    model = load(comfy, "realesrgan_s4_swinir_100k.pth")
+    cleaner = stage1.Cleaner.from_spandrel(model)
+    asked = []
+    original = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **kwargs: (
+        asked.append((memory_required, kwargs)), original(models, memory_required=memory_required, **kwargs))[1])
+    run_node(comfy, photo(), model, upscale=4.0)
+    height, width = stage1.plan(20, 28, stage1.resolve_rules("auto", cleaner), cleaner.scale,
+                                stage1.Settings(upscale=4.0)).model_input  # untiled
+    activations = height * width * 3 * 4 * max(cleaner.scale, 1) * 384  # ComfyUI's upscale-node heuristic
+    assert asked == [(activations, {"force_full_load": True})]
+
+
 def test_tiles_chosen_when_the_image_does_not_fit(comfy, stage1, monkeypatch, caplog):
     """Untiled settings become tiled ones before running when the model input would not fit in the
     free memory ComfyUI reports (a CPU has no out-of-memory error to recover from); the tile is
@@ -313,12 +344,12 @@ def test_tiles_chosen_when_the_image_does_not_fit(comfy, stage1, monkeypatch, ca
 
     model = load(comfy, "realesrgan_s4_swinir_100k.pth")
     cleaner = stage1.Cleaner.from_spandrel(model)
-    activations = stage1.memory_estimate(cleaner, 64 * 64) - mm.module_size(cleaner.module)
+    activations = stage1.memory_estimate(cleaner, 64 * 64)
     settings = stage1.Settings(upscale=4.0)
     the_plan = stage1.plan(20, 28, stage1.resolve_rules("auto", cleaner), cleaner.scale, settings)
 
     def estimate(pixels):
-        return stage1.memory_estimate(cleaner, pixels) - mm.module_size(cleaner.module)
+        return stage1.memory_estimate(cleaner, pixels)
 
     assert stage1.fit_to_memory(settings, the_plan, cleaner, 1e15, estimate) == settings
     fitted = stage1.fit_to_memory(settings, the_plan, cleaner, activations, estimate)

@@ -45,6 +45,21 @@ def test_tiled_encode_equals_untiled(comfy, tv, vae, encoded):
     assert (tiled - untiled).abs().max() < 1e-4 * untiled.abs().max()
 
 
+def test_moments_hold_the_mode_encode_returns(tv, vae, encoded):
+    """``moments=True`` (restoration guidance's posterior): quant_conv's output, the mean then the
+    log-variance; the mean is the mode ``encode`` returns, untiled the same bits, in exact tiles to the
+    same float rounding as the mode."""
+    image, untiled = encoded
+    with torch.inference_mode():
+        whole = tv.encode(vae, image, 0, moments=True)  # the test image fits: untiled
+        tiled = tv.encode(vae, image, 64, moments=True)
+    assert whole.shape == tiled.shape == (1, 8, H // 8, W // 8) and whole.dtype == torch.float32
+    assert torch.equal(whole[:, :4], untiled)
+    assert (tiled - whole).abs().max() < 1e-4 * whole.abs().max()
+    assert whole[:, 4:].std() > 0  # a log-variance map, not a copy of the mean
+    assert not torch.allclose(whole[:, 4:], whole[:, :4])
+
+
 def test_tiled_decode_equals_untiled(comfy, tv, vae, encoded):
     _, latent = encoded
     with torch.inference_mode():
@@ -285,7 +300,10 @@ def test_automatic_decode_takes_exact_tiles_on_a_cpu_in_fp32(tv, vae, encoded, m
         assert torch.equal(automatic, tv.decode(vae, latent, 256))
         assert not torch.equal(automatic, untiled) and (automatic - untiled).abs().max() < 1e-4
         monkeypatch.setattr(tv.decoder, "tiles_beat_untiled", lambda *args: False)
-        assert torch.equal(tv.decode(vae, latent, 0), untiled)
+        whole = tv.decode(vae, latent, 0)
+        assert torch.equal(whole, untiled)
+        # as the tiled path returns it: float32 in one block (core's own is a channels-last view)
+        assert whole.dtype == torch.float32 and whole.is_contiguous() and not untiled.is_contiguous()
 
 
 def test_automatic_encode_takes_exact_tiles_on_a_cpu_in_fp32_from_1024_px(tv, vae, encoded, monkeypatch):

@@ -150,7 +150,11 @@ class RestorationGuidance:
         runs = dict(transformer_options.get(RUN_KEY) or {})
         runs[self.key] = run
         transformer_options[RUN_KEY] = runs
-        return executor(guider, sigmas, extra_args, *args, **kwargs)
+        try:
+            return executor(guider, sigmas, extra_args, *args, **kwargs)
+        finally:
+            for target in self._targets.values():
+                target.forget_devices()
 
     def _new_run(self, kind="ode", eta=1.0, seed=None, sampler="") -> dict:
         self.last_losses = []
@@ -193,6 +197,8 @@ class RestorationGuidance:
 
     def post_cfg(self, args: dict) -> torch.Tensor:
         """sampler_post_cfg_function: the guided x0."""
+        import comfy.model_management
+
         denoised = args["denoised"]
         if self.config.scale == 0:
             return denoised
@@ -209,6 +215,7 @@ class RestorationGuidance:
             parts = self._windows(x0, transformer_options)
             losses = []
             for _ in range(self.config.repeat):
+                comfy.model_management.throw_exception_if_processing_interrupted()  # repeats of decoder passes
                 deltas, loss = [], 0.0
                 for rows, window in parts:
                     delta, part_loss = self.delta(x0[rows], model, window, transformer_options, run)

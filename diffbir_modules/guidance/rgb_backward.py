@@ -136,7 +136,10 @@ def full_vjp(x0, model, fsm, goal, weight, scale, device, dtype):
 
 def tiled_vjp(x0, model, fsm, goal, weight, scale, device, dtype, tile: int, margin: int):
     """Decode-with-grad per tile: each tile's core pixels get the official per-pixel gradient
-    (normalised by the whole image), the tile's margin gives the decoder its context."""
+    (normalised by the whole image), the tile's margin gives the decoder its context. Cancel is checked
+    per tile: a step may run many decoder passes."""
+    import comfy.model_management
+
     h, w = x0.shape[-2:]
     f = LATENT_FACTOR
     grad = torch.zeros(x0.shape, dtype=torch.float32, device=device)
@@ -144,6 +147,7 @@ def tiled_vjp(x0, model, fsm, goal, weight, scale, device, dtype, tile: int, mar
     total = 0.0
     for cy0, cy1, wy0, wy1 in tile_spans(h, tile, margin):
         for cx0, cx1, wx0, wx1 in tile_spans(w, tile, margin):
+            comfy.model_management.throw_exception_if_processing_interrupted()
             with torch.enable_grad():
                 z = x0[..., wy0:wy1, wx0:wx1].detach().to(device=device, dtype=dtype).clone()
                 z.requires_grad_(True)

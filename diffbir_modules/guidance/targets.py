@@ -32,12 +32,14 @@ def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]
 
 class Target:
     """The stage-1 image as a guidance target for one padded pixel size: the [-1,1] image, its pixel
-    weight map, and (latent space) the VAE posterior (mean, std) of the padded image."""
+    weight map, and (latent space) the VAE posterior (mean, std) of the padded image. Kept on the CPU;
+    ``on`` hands out copies on the sampling device for one sampling run (``forget_devices`` after it)."""
 
     def __init__(self, rgb01: torch.Tensor, height: int, width: int):
         self.height, self.width = height, width
-        self.pixels = pad_to(rgb01, height, width) * 2 - 1  # official cond_fn.target = pad_clean * 2 - 1
-        self.pixel_weight = official_weight_map((self.pixels + 1) / 2)
+        self.padded01 = pad_to(rgb01, height, width)
+        self.pixels = self.padded01 * 2 - 1  # official cond_fn.target = pad_clean * 2 - 1
+        self.pixel_weight = official_weight_map((self.pixels + 1) / 2)  # official: _get_weight((target + 1) / 2)
         self.mean = self.std = None
         self._device_cache = {}
 
@@ -47,29 +49,28 @@ class Target:
             self._device_cache[key] = make().to(device)
         return self._device_cache[key]
 
+    def forget_devices(self) -> None:
+        """Drops the copies ``on`` made: a patched MODEL outlives its prompt in ComfyUI's cache, and GPU
+        memory it held would be outside ComfyUI's model management."""
+        self._device_cache.clear()
 
-def vae_posterior(vae, pixels_pm1: torch.Tensor, latent_target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE posterior (mean, std) of a [-1,1] image batch, float32 on the CPU (unscaled latent)."""
-    import comfy.model_management
+
+def vae_posterior(vae, target: Target, latent_target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior (mean, std) of the target's padded image, float32 on the CPU (unscaled latent),
+    through the exact tiled encoder: untiled where it fits, exact tiles where it does not, ComfyUI's
+    memory management either way."""
+    from .. import tiled_vae
 
     fsm = vae.first_stage_model
+    image = target.padded01.movedim(1, -1)
     if not (hasattr(fsm, "encoder") and hasattr(fsm, "quant_conv")):
         if latent_target == "posterior_sample":
             raise GuidanceError("this VAE does not expose its posterior (encoder + quant_conv): use "
                                 "latent_target 'mode'")
-        mean = vae.encode(((pixels_pm1 + 1) / 2).movedim(1, -1)).float().cpu()
+        mean = vae.encode(image).float().cpu()
         return mean, torch.zeros_like(mean)
-    comfy.model_management.load_models_gpu([vae.patcher])
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(pixels_pm1.shape[0]):
-            x = pixels_pm1[i:i + 1].to(device=vae.device, dtype=vae.vae_dtype)
-            moments = fsm.quant_conv(fsm.encoder(x)).float()
-            mean, logvar = torch.chunk(moments, 2, dim=1)
-            logvar = torch.clamp(logvar, -30.0, 20.0)
-            means.append(mean.cpu())
-            stds.append(torch.exp(0.5 * logvar).cpu())
-    return torch.cat(means), torch.cat(stds)
+    mean, logvar = torch.chunk(tiled_vae.encode(vae, image, moments=True).float().cpu(), 2, dim=1)
+    return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
 
 
 def image_digest(image: torch.Tensor) -> str:
@@ -82,7 +83,7 @@ def cached_posterior(vae, digest: str, target: Target, latent_target: str) -> tu
     per_vae = _POSTERIORS.setdefault(vae.first_stage_model, {})
     key = (digest, target.height, target.width, latent_target)
     if key not in per_vae:
-        per_vae[key] = vae_posterior(vae, target.pixels, latent_target)
+        per_vae[key] = vae_posterior(vae, target, latent_target)
         while len(per_vae) > POSTERIORS_KEPT:
             per_vae.pop(next(iter(per_vae)))
     return per_vae[key]

@@ -109,8 +109,8 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         c.load_device = load_device
         c.control_model_wrapped = comfy_compat.model_patcher(c.control_model, load_device,
                                                              comfy.model_management.unet_offload_device())
-        if autoregister:  # ControlBase has the registry from the releases that clone controls
-            vars(self).setdefault("multigpu_clones", {})[load_device] = c
+        if autoregister:
+            comfy_compat.register_multigpu_clone(self, load_device, c)
         return c
 
     # ComfyUI's control protocol ----------------------------------------------------------

@@ -20,12 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def memory_estimate(cleaner: Cleaner, pixels: int, element_size: int = 4) -> int:
-    """Bytes to free before running: weights plus activations, with ComfyUI's upscale-node heuristic
-    (384 bytes of activations per input value and unit of scale)."""
-    from comfy import model_management
-
-    return int(model_management.module_size(cleaner.module) + pixels * 3 * element_size * max(cleaner.scale, 1)
-               * 384.0)
+    """Bytes of activations for a model input of ``pixels`` pixels, with ComfyUI's upscale-node heuristic
+    (384 bytes per input value and unit of scale). The weights are not in it: ``load_models_gpu``
+    counts them itself on top of its ``memory_required``."""
+    return int(pixels * 3 * element_size * max(cleaner.scale, 1) * 384.0)
 
 
 @contextlib.contextmanager
@@ -70,15 +68,12 @@ def run_in_comfy(images: torch.Tensor, descriptor, settings: Settings, offload: 
         largest = (current.tile_size ** 2) if the_plan.tiled else the_plan.model_input[0] * the_plan.model_input[1]
         mm.load_models_gpu([patcher], memory_required=memory_estimate(cleaner, largest), force_full_load=True)
         # ComfyUI has unloaded what it could for the estimate; tile if the image still does not fit
-        def activations(pixels: int) -> float:
-            return memory_estimate(cleaner, pixels) - mm.module_size(cleaner.module)
-
         free = mm.get_free_memory(device)
-        fitted = fit_to_memory(current, the_plan, cleaner, free, activations)
+        fitted = fit_to_memory(current, the_plan, cleaner, free, lambda pixels: memory_estimate(cleaner, pixels))
         if fitted != current:
             log.warning("DiffBIR stage 1: a %dx%d input to %s needs about %.1f GiB, more than the %.1f GiB free; "
                         "running it in %d px tiles (stride %d)", the_plan.model_input[1], the_plan.model_input[0],
-                        cleaner.name, activations(largest) / 2**30, free / 2**30, fitted.tile_size,
+                        cleaner.name, memory_estimate(cleaner, largest) / 2**30, free / 2**30, fitted.tile_size,
                         fitted.tile_stride)
             current = fitted
             the_plan = plan(images.shape[1], images.shape[2], rules, cleaner.scale, current)

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import torch
 
+from .. import comfy_compat
 from .architectures import Cleaner
 from .rules import Settings
 from .sizes import Plan
@@ -21,8 +22,11 @@ OOM_ERRORS = tuple({e for e in (getattr(torch, "OutOfMemoryError", None),
 
 
 def is_oom(error: BaseException) -> bool:
-    """GPU out-of-memory, or the CPU allocator failing (a RuntimeError saying so)."""
+    """GPU out-of-memory (as torch or the running ComfyUI tells it), or the CPU allocator failing (a
+    RuntimeError saying so)."""
     if isinstance(error, MemoryError) or (OOM_ERRORS and isinstance(error, OOM_ERRORS)):
+        return True
+    if comfy_compat.runtime_says_out_of_memory(error):
         return True
     return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 

@@ -30,6 +30,13 @@ from .tiles import TiledMap, tile_regions
 log = logging.getLogger("DiffBIR")
 
 
+def _as_image(decoded: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's untiled decode as the tiled path returns it: float32 in one block of memory (core hands
+    back a channels-last view, and newer releases their intermediate dtype, fp16 with
+    --fp16-intermediates)."""
+    return decoded.to(torch.float32).contiguous()
+
+
 def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
            replay: bool | set[int] | None = None, meter: Meter | None = None, clamp: bool = True) -> torch.Tensor:
     """IMAGE [B, H, W, 3] from an unscaled LATENT [B, 4, h, w], tiled exactly (see the package docstring),
@@ -43,7 +50,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     validate_tile(tile_size)
     warn_if_emulated(vae, "decode")
     if not tile_size and not hasattr(vae.first_stage_model, "decoder"):
-        return vae.decode(latent)
+        return _as_image(vae.decode(latent))
     check_supported(vae)
     fsm = vae.first_stage_model
     dec = fsm.decoder
@@ -62,7 +69,7 @@ def decode(vae, latent: torch.Tensor, tile_size: int = 0, progress: bool = True,
     if not tile or (tile >= h * 8 and tile >= w * 8):
         log.info("DiffBIR VAE decode: %dx%d px untiled", w * 8, h * 8)
         with untiled_progress(decoder_blocks(dec) if progress else [], b):
-            return vae.decode(latent)
+            return _as_image(vae.decode(latent))
     device, park = devices(vae)
     owns = tile_regions(h * 8, w * 8, tile)
     fine_tile = full_resolution_tile(tile, device)

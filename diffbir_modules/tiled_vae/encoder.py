@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import comfy.model_management
 import comfy.utils
 import torch
 
@@ -29,13 +30,15 @@ log = logging.getLogger("DiffBIR")
 
 
 def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
-           replay: bool | set[int] | None = None, meter: Meter | None = None) -> torch.Tensor:
+           replay: bool | set[int] | None = None, meter: Meter | None = None, moments: bool = False) -> torch.Tensor:
     """Unscaled LATENT samples [B, 4, H/8, W/8] (posterior mode, as ComfyUI's VAE.encode) from IMAGE
     [B, H, W, C], tiled exactly. ``tile_size`` in image pixels; 0 = automatic (untiled when the whole
-    image fits in free memory, except a large image on a CPU in fp32: ``tiles_beat_untiled``)."""
+    image fits in free memory, except a large image on a CPU in fp32: ``tiles_beat_untiled``).
+    ``moments``: the posterior's mean and log-variance instead ([B, 8, H/8, W/8], ``quant_conv``'s
+    output, float32; restoration guidance pulls toward them)."""
     validate_tile(tile_size)
     warn_if_emulated(vae, "encode")
-    if not tile_size and not hasattr(vae.first_stage_model, "encoder"):
+    if not tile_size and not moments and not hasattr(vae.first_stage_model, "encoder"):
         return vae.encode(pixels)
     check_supported(vae)
     pixels = vae.vae_encode_crop_pixels(pixels)[..., :3]
@@ -55,6 +58,8 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
     if not tile or (tile >= h and tile >= w):
         log.info("DiffBIR VAE encode: %dx%d px untiled", w, h)
         with untiled_progress(encoder_blocks(enc) if progress else [], b):
+            if moments:
+                return _untiled_moments(vae, pixels, memory(0))
             return vae.encode(pixels)
     device, park = devices(vae)
     owns = tile_regions(h, w, tile)
@@ -64,7 +69,7 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
     levels = replay_levels("encode", segments, 1, h, w, dtype, park, replay, 0)  # the input image is already held
     log.info("DiffBIR VAE encode: %dx%d px %s", w, h, describe_tiles(owns, tile, fine, fine_tile, levels))
     bar = comfy.utils.ProgressBar(b * passes(segments)) if progress else None
-    out = torch.empty((b, 4, h // 8, w // 8), dtype=torch.float32, device=vae.output_device)
+    out = torch.empty((b, 8 if moments else 4, h // 8, w // 8), dtype=torch.float32, device=vae.output_device)
     for i in range(b):
         with torch.inference_mode():
             x = vae.process_input(pixels[i:i + 1].movedim(-1, 1)).to(device=park, dtype=dtype)
@@ -86,6 +91,20 @@ def encode(vae, pixels: torch.Tensor, tile_size: int = 0, progress: bool = True,
             x = enc.mid.block_2(x, None)
             x = enc.conv_out(silu(enc.norm_out(x)))
             z = fsm.quant_conv(x)
-            z, _ = fsm.regularization(z)
+            if not moments:
+                z, _ = fsm.regularization(z)
             out[i] = z[0].float().to(out.device)
     return out
+
+
+def _untiled_moments(vae, pixels: torch.Tensor, memory_required: float) -> torch.Tensor:
+    """``encode(..., moments=True)`` for an image that fits: the whole encoder, one image at a time."""
+    fsm = vae.first_stage_model
+    comfy.model_management.load_models_gpu([vae.patcher], memory_required=memory_required)
+    out = []
+    with torch.inference_mode():
+        for i in range(pixels.shape[0]):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            x = vae.process_input(pixels[i:i + 1].movedim(-1, 1)).to(device=vae.device, dtype=vae.vae_dtype)
+            out.append(fsm.quant_conv(fsm.encoder(x)).float().to(vae.output_device))
+    return torch.cat(out)
