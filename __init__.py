@@ -12,7 +12,7 @@ import folder_paths
 
 # (import name, pip name): what requirements.txt lists. Checked first so that a missing package
 # shows up in ComfyUI's "IMPORT FAILED" log with its name and the command that fixes it.
-REQUIRED_PACKAGES = (("einops", "einops"), ("safetensors", "safetensors"), ("spandrel", "spandrel"), ("PIL", "Pillow"))
+REQUIRED_PACKAGES = (("safetensors", "safetensors"), ("spandrel", "spandrel"), ("PIL", "Pillow"))
 
 
 def _check_requirements():

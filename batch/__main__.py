@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from scripts import comfy_headless
-from scripts.restore import WORKFLOW_FOR, choose_workflow, ensure_weights
+from scripts.restore import VERSION_HELP, VERSIONS, WORKFLOW_FOR, choose_workflow, ensure_weights
 
 from . import engine
 
@@ -30,7 +30,7 @@ def parse_args(argv=None):
                         help="a folder, a .zip / .tar archive, a video or an image")
     parser.add_argument("--output", required=True, type=Path, help="folder for the restored images and the manifest")
     parser.add_argument("--task", default="sr", choices=sorted({t for t, _ in WORKFLOW_FOR}))
-    parser.add_argument("--version", default="v2.1", choices=["v1", "v2", "v2.1"])
+    parser.add_argument("--version", default=None, choices=sorted(VERSIONS), help=VERSION_HELP)
     parser.add_argument("--upscale", type=float, default=None, help="output size / input size (default: workflow's)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: workflow's)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: workflow's)")

@@ -35,8 +35,17 @@ WORKFLOW_FOR = {
     ("denoise", "v2"): "DiffBIR v2 denoising (SCUNet).json",
     ("denoise", "v1"): "DiffBIR v1 general.json",
     ("face", "v2.1"): "DiffBIR aligned face (v2.1).json",
+    ("face", "v1"): "DiffBIR v1 aligned face.json",
     ("face_in_the_wild", "v2.1"): "DiffBIR faces in the wild (v2.1).json",
+    ("face_in_the_wild", "v1"): "DiffBIR v1 faces in the wild.json",
 }
+VERSIONS = ("v2.1", "v2", "v1")  # newest first: a task's default
+VERSION_HELP = "DiffBIR version (default: the newest the task has: v2.1, v2 for denoise)"
+
+
+def default_version(task: str) -> str:
+    """The newest version with a workflow for ``task``."""
+    return next(v for v in VERSIONS if (task, v) in WORKFLOW_FOR)
 
 
 def parse_args(argv=None):
@@ -45,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, type=Path, help="folder for the restored images")
     parser.add_argument("--task", default="sr", choices=sorted({t for t, _ in WORKFLOW_FOR}))
-    parser.add_argument("--version", default="v2.1", choices=["v1", "v2", "v2.1"])
+    parser.add_argument("--version", default=None, choices=sorted(VERSIONS), help=VERSION_HELP)
     parser.add_argument("--upscale", type=float, default=None, help="output size / input size (default: workflow's)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: workflow's)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: workflow's)")
@@ -73,6 +82,8 @@ def input_images(path: Path) -> list[Path]:
 def choose_workflow(args) -> Path:
     if args.workflow:
         return args.workflow
+    if args.version is None:
+        args.version = default_version(args.task)
     name = WORKFLOW_FOR.get((args.task, args.version))
     if name is None:
         versions = sorted(v for t, v in WORKFLOW_FOR if t == args.task)

@@ -2,8 +2,8 @@
 headless ComfyUI: detect & align -> restore the crops as one batch -> paste back onto the background.
 
 Here the restorations are stand-ins made of stock nodes on the random SD 2.x test checkpoint
-(chain="stock"); the DiffBIR chain itself comes from the other node families. The example workflow
-files (chain="diffbir") are checked against the node definitions when all their nodes are present."""
+(chain="stock"). The shipped face workflows themselves (chain="diffbir") run in
+test_end_to_end_faces.py and are checked against the node definitions in test_example_workflows.py."""
 
 from pathlib import Path
 

@@ -73,14 +73,29 @@ def test_restore_a_folder_end_to_end(published_models, tmp_path):
 
 
 @pytest.mark.server
-def test_restore_an_aligned_face(published_models, tmp_path):
+@pytest.mark.parametrize("version, workflow", [
+    pytest.param(None, "DiffBIR aligned face (v2.1).json", id="default-v2.1"),
+    pytest.param("v1", "DiffBIR v1 aligned face.json", id="v1", marks=pytest.mark.once)])
+def test_restore_an_aligned_face(published_models, tmp_path, version, workflow):
     image = tmp_path / "face.png"
     Image.fromarray((np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)).save(image)
-    result = run_restore("--input", image, "--output", tmp_path / "out", "--task", "face", "--steps", 2,
+    chosen = ("--version", version) if version else ()
+    result = run_restore("--input", image, "--output", tmp_path / "out", "--task", "face", *chosen, "--steps", 2,
                          "--min-short-side", 0, "--models-dir", MODELS_DIR)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "DiffBIR aligned face (v2.1).json" in result.stdout
+    assert workflow in result.stdout
     assert Image.open(tmp_path / "out" / "face_diffbir.png").size == (32, 32)
+
+
+def test_each_task_defaults_to_its_newest_version():
+    restore = restore_module()
+    chosen = {}
+    for task in sorted({t for t, _ in restore.WORKFLOW_FOR}):
+        args = restore.parse_args(["--input", "x", "--output", "y", "--task", task])
+        chosen[task] = restore.choose_workflow(args).name
+    assert chosen == {"denoise": "DiffBIR v2 denoising (SCUNet).json", "face": "DiffBIR aligned face (v2.1).json",
+                      "face_in_the_wild": "DiffBIR faces in the wild (v2.1).json",
+                      "sr": "DiffBIR v2.1 super-resolution (SwinIR).json"}
 
 
 def test_every_task_and_version_in_the_help_runs_or_says_which_exist():
@@ -106,12 +121,12 @@ def test_every_task_and_version_in_the_help_runs_or_says_which_exist():
 # result is written under the expected name at input size x upscale (the aligned-face workflow keeps
 # the size: its input is a 512-style aligned crop, here 32x32).
 RUNS = {("sr", "v2.1"): 2, ("sr", "v1"): 2, ("denoise", "v2"): 2, ("denoise", "v1"): 2,
-        ("face_in_the_wild", "v2.1"): 2}
+        ("face_in_the_wild", "v2.1"): 2, ("face_in_the_wild", "v1"): 2}
 
 
 def test_every_workflow_pair_is_run():
     restore = restore_module()
-    tested_above = {("sr", "v2"), ("face", "v2.1")}  # test_restore_a_folder_end_to_end, test_restore_an_aligned_face
+    tested_above = {("sr", "v2"), ("face", "v2.1"), ("face", "v1")}  # a folder end to end, an aligned face
     assert set(restore.WORKFLOW_FOR) == set(RUNS) | tested_above
 
 
