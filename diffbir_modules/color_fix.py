@@ -47,7 +47,10 @@ def adain_color_fix(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-
     """Gives each channel of ``content`` the mean and standard deviation of ``style``'s channel."""
     def mean_std(x):
         flat = x.reshape(x.shape[0], x.shape[1], -1)
-        return flat.mean(dim=2)[..., None, None], (flat.var(dim=2) + eps).sqrt()[..., None, None]
+        mean = flat.mean(dim=2)
+        # the official unbiased variance; one pixel has none (NaN): no spread, so the result is the style's mean
+        var = flat.var(dim=2) if flat.shape[2] > 1 else torch.zeros_like(mean)
+        return mean[..., None, None], (var + eps).sqrt()[..., None, None]
 
     content_mean, content_std = mean_std(content)
     style_mean, style_std = mean_std(style)

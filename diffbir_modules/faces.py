@@ -79,6 +79,11 @@ def eye_distance(landmarks: torch.Tensor, official_quirks: bool = False) -> torc
     return torch.hypot(landmarks[:, 0, 0] - landmarks[:, 1, 0], landmarks[:, 0, 1] - landmarks[:, 1, 1])
 
 
+# The most pixels detection enlarges an image to (a 4K frame): the official short-side rule stays as it is
+# up to 20 times as long as tall at the default 640 px (a larger image is detected at its own size).
+DETECTION_MAX_PIXELS = 3840 * 2160
+
+
 def detect(detector, rgb: torch.Tensor, detection_size: int = 640, eye_distance_threshold: float = 5.0,
            official_quirks: bool = False):
     """Faces in one image rgb [3,H,W] in [0,1]: (boxes [N,5], landmarks [N,5,2]) in its pixels, in the
@@ -88,6 +93,15 @@ def detect(detector, rgb: torch.Tensor, detection_size: int = 640, eye_distance_
     scale = 1.0
     if detection_size and detection_size > 0:
         scale = max(1.0, detection_size / min(height, width))
+    # the official helper enlarges whatever the shape: a strip a few pixels tall would become gigapixels
+    most = max(1.0, math.sqrt(DETECTION_MAX_PIXELS / (height * width)))
+    if scale > most:
+        logging.getLogger("DiffBIR").warning(
+            "DiffBIR Face Detect & Align: a %dx%d image is detected at %dx%d, not with its short side at %d px as "
+            "the official code does (%dx%d): at most a 4K frame's pixel count for an image this long and thin",
+            width, height, int(width * most), int(height * most), detection_size, int(width * scale),
+            int(height * scale))
+        scale = most
     if scale > 1:
         size = (int(height * scale), int(width * scale))
         image = face_geometry.resize_linear(image, size).round().clamp(0, 255)

@@ -4,6 +4,8 @@ names the node, the input and what to do. Each check is cheap (one reduction ove
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -24,6 +26,15 @@ def require_finite(node: str, name: str, x) -> None:
         f"{node}: the input '{name}' holds {nan} NaN and {inf} infinite values (of {x.numel()}), so the result "
         f"would be black or garbage. Check the node that made it (an upstream node that divides by zero, an fp16 "
         f"overflow: try the VAE or model in float32), or load the image again.")
+
+
+def require_finite_settings(node: str, **settings: float) -> None:
+    """Stops when a number setting is NaN or infinite: ComfyUI's min/max check lets them through (every
+    comparison with NaN is false), and they come in from API prompts and linked primitives."""
+    for name, value in settings.items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise InputError(f"{node}: the setting '{name}' is {value}, not a number this node can use: give a finite "
+                             "value (the node's tooltip gives its range), or fix the node or prompt that sets it.")
 
 
 def require_order(node: str, start_name: str, start: float, end_name: str, end: float) -> str | None:

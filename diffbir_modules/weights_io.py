@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 
 import torch
 
@@ -140,22 +139,84 @@ def _is_metadata_global(name: str) -> bool:
     return name.startswith(_METADATA_GLOBAL_PREFIXES)
 
 
+# Objects a pickle of tensors imports to rebuild them (torch's own reader allows these).
+_TENSOR_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "__builtin__.set")
+
+
+def _pickle_imports(path: str) -> list[str] | None:
+    """``module.name`` of every object the file's pickles import (GLOBAL, STACK_GLOBAL), read opcode by
+    opcode with ``pickletools`` (nothing runs); None when its first pickle is not a valid one (damaged).
+    A torch zip holds one pickle (data.pkl); a legacy torch file several in a row, then raw tensor bytes."""
+    import io
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                member = next(m for m in archive.namelist() if m.endswith("data.pkl"))
+                stream = io.BytesIO(archive.read(member))  # checks the member's CRC
+        except (StopIteration, zipfile.BadZipFile, OSError, EOFError):
+            return None
+    else:
+        with open(path, "rb") as f:
+            stream = io.BytesIO(f.read(64 * 2**20))  # the pickles come first; tensor bytes follow
+    names = []
+    for index in range(6):
+        strings, memo, top = [], {}, None
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                pushed = None
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                    pushed = arg
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    pushed = memo.get(arg)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = top
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[arg] = top
+                if isinstance(pushed, str):
+                    strings.append(pushed)
+                if op.name not in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME"):
+                    top = pushed
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle
+            if index == 0:
+                return None
+            break
+    return names
+
+
 def _load_tolerating_metadata(path: str, where: str, error: Exception, expected: str):
     """Second attempt for a pickle torch's weights-only reader refused: if every foreign global is
-    training metadata, read it again with inert stand-ins for them; otherwise refuse the file."""
+    training metadata, read it again with inert stand-ins for them; otherwise refuse the file, as
+    code-carrying where it imports other objects, as damaged where it is not a valid pickle."""
     finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
     try:
         names = finder(path) if finder is not None else None
-    except Exception:  # noqa: BLE001 - a legacy pickle: fall back to what torch named
+    except Exception:  # noqa: BLE001 - a legacy pickle: read its imports ourselves
         names = None
-    if names is None:
-        names = re.findall(r"GLOBAL ([\w.]+)", str(error)) or ["unknown"]
-        names = [n for n in names if not _is_metadata_global(n)] or names
+    if not names:
+        imports = _pickle_imports(path)
+        if imports is None:  # refused, and not even a valid pickle: damaged
+            raise WeightsFileError(
+                f"{where}: a PyTorch file that cannot be read ({_first_line(error)}); it is probably truncated or "
+                f"corrupt (an interrupted download?): delete it and download the file again. "
+                f"Expected {expected}.") from None
+        names = sorted({n for n in imports if not n.startswith(_TENSOR_GLOBAL_PREFIXES)})
+    if not names:  # a valid pickle of tensors only, in a form torch's safe reader does not read
+        raise WeightsFileError(
+            f"{where}: a pickle that PyTorch's safe (weights-only) reader cannot read ({_first_line(error)}): it was "
+            f"not written by torch.save, or it is damaged. Save it again with torch.save or as .safetensors, or "
+            f"download the file again. Expected {expected}.") from None
     unsafe = [n for n in names if not _is_metadata_global(n)]
-    if unsafe or not names:
+    if unsafe:
         raise WeightsFileError(
             f"{where}: refused: a pickle that holds Python code or objects besides tensors "
-            f"({', '.join(sorted(unsafe or names)[:8])}), and loading it could run code. Use a weights-only file "
+            f"({', '.join(sorted(unsafe)[:8])}), and loading it could run code. Use a weights-only file "
             f"(the published .pth/.pt, or a .safetensors copy). Expected {expected}.") from None
     stand_ins = [(type(f"Inert_{i}", (_Inert,), {}), n) for i, n in enumerate(names)]
     try:

@@ -85,6 +85,8 @@ class DiffBIRResizeToOutputSize(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, width, height, method="bicubic_antialias") -> io.NodeOutput:
+        # the 8-bit methods would turn NaN into black pixels that look like content
+        guards.require_finite("DiffBIR Resize to Output Size", "image", image)
         rgb, alpha = images.split_alpha(image)
         out = images.resize_to_output(rgb, (height, width), method)
         host_memory.release()  # the last step of a restore: what the run freed goes back to the system

@@ -32,6 +32,7 @@ class DiffBIRBeforeAfter(io.ComfyNode):
 
     @classmethod
     def execute(cls, before, after) -> io.NodeOutput:
+        guards.require_finite("DiffBIR Before / After", "before", before)
         guards.require_finite("DiffBIR Before / After", "after", after)
         before_rgb, _ = images.split_alpha(before)
         after_rgb, _ = images.split_alpha(after)

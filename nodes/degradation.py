@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import degradations, images
+from ..diffbir_modules import degradations, guards, images
 from . import menu
 
 
@@ -65,6 +65,8 @@ class DiffBIRSynthesizeDegradation(io.ComfyNode):
     @classmethod
     def execute(cls, image, pipeline="realesrgan", seed=0, intensity=1.0, scale=0.0, low_resolution_output=False,
                 jpeg_codec="auto", usm_sharpen=True) -> io.NodeOutput:
+        guards.require_finite_settings("DiffBIR Synthesize Degradation", intensity=intensity, scale=scale)
+        guards.require_finite("DiffBIR Synthesize Degradation", "image", image)
         rgb, _ = images.split_alpha(image)
         degraded, clean = degradations.synthesize(
             rgb, pipeline, seed, intensity=intensity, scale=scale, jpeg_codec=jpeg_codec,

@@ -134,6 +134,8 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
     def execute(cls, image, detector, face_size=512, selection="all", indices="0", min_size=0,
                 order="left to right", confidence=0.8, detection_size=640, eye_distance_threshold=5.0,
                 official_quirks=False) -> io.NodeOutput:
+        guards.require_finite_settings("DiffBIR Face Detect & Align", confidence=confidence,
+                                       eye_distance_threshold=eye_distance_threshold)
         guards.require_finite("DiffBIR Face Detect & Align", "image", image)
         rgb, _ = images.split_alpha(image)
         bar = comfy.utils.ProgressBar(rgb.shape[0])
@@ -230,6 +232,7 @@ class DiffBIRFacePasteBack(io.ComfyNode):
     @classmethod
     def execute(cls, background, restored_faces, faces, color_match="none", feather=1.0, face_parser=None,
                 official_quirks=False) -> io.NodeOutput:
+        guards.require_finite_settings("DiffBIR Face Paste Back", feather=feather)
         guards.require_finite("DiffBIR Face Paste Back", "background", background)
         guards.require_finite("DiffBIR Face Paste Back", "restored_faces", restored_faces)
         bg, alpha = images.split_alpha(background)

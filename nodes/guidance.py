@@ -80,6 +80,8 @@ class DiffBIRRestorationGuidance(io.ComfyNode):
     def execute(cls, model, vae, image, scale=0.1, loss="w_mse", space="latent", start_percent=0.0,
                 end_percent=1.0, repeat=1, latent_target="mode", reference_steps=50,
                 rgb_memory="checkpoint") -> io.NodeOutput:
+        guards.require_finite_settings("DiffBIR Restoration Guidance", scale=scale, start_percent=start_percent,
+                                       end_percent=end_percent)
         config = guidance.GuidanceConfig(
             scale=float(scale), loss=loss, space=space, start_percent=float(start_percent),
             end_percent=float(end_percent), repeat=int(repeat), latent_target=latent_target,
@@ -148,6 +150,8 @@ class DiffBIRImageGrid(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, labels=None, columns=None) -> io.NodeOutput:
+        for batch in images:
+            guards.require_finite("DiffBIR Image Grid", "images", batch)
         frames = [frame for batch in images for frame in batch]
         columns = int(columns[0]) if columns else 0
         return io.NodeOutput(sweep_grid.make_grid(frames, list(labels or []), columns))

@@ -119,6 +119,8 @@ class DiffBIRApplyIRControlNet(io.ComfyNode):
                 start_point="noise", padding="64", vae_tile_size=0) -> io.NodeOutput:
         if start_point not in ("noise", "cond"):
             raise ValueError(f"unknown start_point {start_point!r}; choose noise or cond")
+        guards.require_finite_settings(NODE_NAME, strength=strength, start_percent=start_percent,
+                                       end_percent=end_percent)
         guards.require_finite(NODE_NAME, "image", image)
         order = guards.require_order(NODE_NAME, "start_percent", start_percent, "end_percent", end_percent)
         if order:  # linked values are not seen at validation time
@@ -172,6 +174,7 @@ class DiffBIRCropToStage1(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, stage1) -> io.NodeOutput:
+        guards.require_finite("DiffBIR Crop to Stage-1 Size", "image", image)
         height, width = stage1.shape[1:3]
         if image.shape[1] < height or image.shape[2] < width:
             raise ValueError(

@@ -5,7 +5,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..diffbir_modules import attention, convolution, feed_forward, official_solvers, sampling, schedules
+from ..diffbir_modules import attention, convolution, feed_forward, guards, official_solvers, sampling, schedules
 from ..diffbir_modules.cpu_precision import CPU_PRECISIONS, with_cpu_precision
 from . import menu
 
@@ -212,6 +212,8 @@ class DiffBIREDMSampler(io.ComfyNode):
     @classmethod
     def execute(cls, solver, noise_stream, timestep_lookup, eta, s_noise, s_churn, s_tmin, s_tmax,
                 order) -> io.NodeOutput:
+        guards.require_finite_settings("DiffBIR EDM Sampler", eta=eta, s_noise=s_noise, s_churn=s_churn,
+                                       s_tmin=s_tmin, s_tmax=s_tmax)
         options = dict(solver=solver, noise_stream=noise_stream, timestep_lookup=timestep_lookup, eta=eta,
                        s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, order=order)
         return io.NodeOutput(comfy.samplers.KSAMPLER(sampling.sample_edm_official, options))

@@ -4,7 +4,7 @@ size rules, and a loader that reads every published stage-1 file with clear erro
 import folder_paths
 from comfy_api.latest import io
 
-from ..diffbir_modules import host_memory, presets, stage1
+from ..diffbir_modules import guards, host_memory, presets, stage1
 from . import menu
 
 PRESET_OPTIONS = ["auto", *presets.preset_names()]
@@ -81,6 +81,7 @@ class DiffBIRDegradationRemoval(io.ComfyNode):
     @classmethod
     def execute(cls, image, upscale_model, preset="auto", upscale=4.0, min_short_side=512, tiled=False, tile_size=512,
                 tile_stride=256, tile_weighting="gaussian", resample="pil_uint8", clamp=True) -> io.NodeOutput:
+        guards.require_finite_settings("DiffBIR Degradation Removal", upscale=upscale)
         settings = stage1.Settings(
             rules=preset, upscale=upscale, min_short_side=min_short_side, resample=resample, tiled=tiled,
             tile_size=tile_size, tile_stride=tile_stride,

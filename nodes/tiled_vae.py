@@ -3,7 +3,7 @@ so the result equals the untiled pass)."""
 
 from comfy_api.latest import io
 
-from ..diffbir_modules import guards, host_memory, tiled_vae
+from ..diffbir_modules import guards, host_memory, images, tiled_vae
 from . import menu
 
 
@@ -41,9 +41,16 @@ class DiffBIRVAEDecodeTiled(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, samples, tile_size=0, clamp=True) -> io.NodeOutput:
-        guards.require_finite("DiffBIR VAE Decode (exact tiles)", "samples", samples["samples"])
+        latent = samples["samples"]
+        guards.require_finite("DiffBIR VAE Decode (exact tiles)", "samples", latent)
+        channels = getattr(vae, "latent_channels", 4)
+        if latent.ndim != 4 or latent.shape[1] != channels:
+            raise guards.InputError(
+                f"DiffBIR VAE Decode (exact tiles): the latent has shape {tuple(latent.shape)}, but this VAE decodes "
+                f"[batch, {channels}, height, width] latents: connect a latent made for this VAE's model (SD 1.x / "
+                "2.x / SDXL), or decode other latents with ComfyUI's VAE Decode.")
         host_memory.release()  # the sampler's freed activations: else the decode's peak stacks on them
-        decoded = tiled_vae.decode(vae, samples["samples"], tile_size, clamp=clamp)
+        decoded = tiled_vae.decode(vae, latent, tile_size, clamp=clamp)
         host_memory.release()  # the decoder's
         return io.NodeOutput(decoded)
 
@@ -78,6 +85,8 @@ class DiffBIRVAEEncodeTiled(io.ComfyNode):
         guards.require_finite("DiffBIR VAE Encode (exact tiles)", "pixels", pixels)
         guards.require_min_size("DiffBIR VAE Encode (exact tiles)", "pixels", pixels, 8,
                                 "the VAE encodes 8x8 pixel blocks and crops the rest")
+        if pixels.shape[-1] != 3:  # gray becomes RGB and alpha is left out, as the other nodes do
+            pixels = images.split_alpha(pixels)[0].movedim(1, -1).contiguous()  # an IMAGE's usual layout
         latent = tiled_vae.encode(vae, pixels, tile_size)
         host_memory.release()
         return io.NodeOutput({"samples": latent})

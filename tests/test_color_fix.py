@@ -41,6 +41,16 @@ def test_color_fix_keeps_alpha_and_resizes_reference(comfy):
     assert torch.all(out[..., 3] == 0.25)
 
 
+@pytest.mark.parametrize("method", ["wavelet", "adain", "lab"])
+def test_a_one_pixel_image_takes_the_references_colour(comfy, method):
+    """One pixel has no spread (the unbiased variance of one value is NaN): every method gives the
+    reference's colour, finite (a 1 px stage-1 output reaches here cropped back from its 64 px padding)."""
+    node = comfy.node_class("DiffBIRColorFix")
+    out = node.execute(torch.full((1, 1, 1, 3), 0.4), torch.full((1, 1, 1, 3), 0.6), method).result[0]
+    assert torch.isfinite(out).all()
+    assert (out - 0.6).abs().max() < 1e-4
+
+
 def test_color_fix_rejects_mismatched_batches(comfy):
     node = comfy.node_class("DiffBIRColorFix")
     with pytest.raises(ValueError, match="batch of 2 .* batch of 3"):

@@ -331,6 +331,28 @@ def test_paste_official_quirks_works_on_8_bits(comfy, astronaut_faces):
     assert (official - plain).abs().max() * 255 < 2.5
 
 
+def test_detection_enlarges_a_long_thin_image_only_to_a_4k_frame(comfy, caplog):
+    """The official rule (short side up to detection_size) holds for ordinary shapes; a strip a few pixels
+    tall stops at a 4K frame's pixel count instead of gigapixels (a 2x300 strip: 640 x 96000 officially)."""
+    import logging
+
+    faces_module = comfy.pack_module("diffbir_modules.faces")
+    seen = []
+
+    def detector(image_255, official_quirks):
+        seen.append(tuple(image_255.shape[-2:]))
+        return torch.zeros(0, 5), torch.zeros(0, 5, 2)
+
+    faces_module.detect(detector, torch.rand(3, 100, 300))
+    assert seen == [(640, 1920)]
+    seen.clear()
+    with caplog.at_level(logging.WARNING):
+        faces_module.detect(detector, torch.rand(3, 2, 300))
+    (height, width), = seen
+    assert 2 < height and height * width <= faces_module.DETECTION_MAX_PIXELS and abs(width / height - 150) < 1
+    assert "at most a 4K frame's pixel count" in caplog.text
+
+
 def test_eye_distance_and_its_official_slip(comfy):
     faces_module = comfy.pack_module("diffbir_modules.faces")
     # (x, y): eyes 40 px apart, the nose 20 px left of the right eye

@@ -21,6 +21,21 @@ def test_require_finite_passes_finite_and_names_node_and_input():
     assert "Check the node that made it" in str(error.value)
 
 
+@pytest.mark.parametrize("node, name, settings", [
+    ("DiffBIREDMSampler", "eta", dict(solver="dpm++_3m_sde", noise_stream="official", timestep_lookup="official",
+                                      eta=float("nan"), s_noise=1.0, s_churn=0.0, s_tmin=0.0, s_tmax=300.0, order=1)),
+    ("DiffBIRDegradationRemoval", "upscale", dict(image=torch.rand(1, 8, 8, 3), upscale_model=None,
+                                                  upscale=float("inf"))),
+    ("DiffBIRFacePasteBack", "feather", dict(background=torch.rand(1, 8, 8, 3), restored_faces=torch.rand(1, 8, 8, 3),
+                                             faces=None, feather=float("nan"))),
+])
+def test_number_settings_that_are_not_numbers_stop_at_the_door(comfy, node, name, settings):
+    """ComfyUI's min/max check passes NaN (every comparison with it is false), and API prompts or linked
+    primitives can carry NaN or inf: the node names the setting before any work."""
+    with pytest.raises(ValueError, match=rf"the setting '{name}' is (nan|inf), not a number this node can use"):
+        comfy.node_class(node).execute(**settings)
+
+
 def test_colour_fix_refuses_inf_in_either_input(comfy):
     node = comfy.node_class("DiffBIRColorFix")
     good = torch.rand(1, 16, 16, 3)

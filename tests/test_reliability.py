@@ -199,6 +199,17 @@ def colour_fix_graph(image_poison=None, reference_poison=None, image_batch=1, re
     return graph
 
 
+def output_graph(node: str, poison: str, method: str = "bicubic_antialias"):
+    """A poisoned image into Crop to Stage-1 Size or Resize to Output Size (the last nodes before Save)."""
+    graph = {"a": empty_image(32, 32), "pa": poisoned("a", poison), "save": save("out")}
+    if node == "crop":
+        graph["out"] = {"class_type": "DiffBIRCropToStage1", "inputs": {"image": ["pa", 0], "stage1": ["a", 0]}}
+    else:
+        graph["out"] = {"class_type": "DiffBIRResizeToOutputSize",
+                        "inputs": {"image": ["pa", 0], "width": 48, "height": 48, "method": method}}
+    return graph
+
+
 def guidance_graph(poison=None, start=0.0, end=1.0):
     graph = {"img": empty_image(64, 64),
              "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
@@ -389,6 +400,13 @@ CASES += [
          errors=(r"DiffBIR VAE Decode \(exact tiles\): the input 'samples'", NONFINITE, "Check the node")),
     Case("vae-decode-inf", "NaN / inf", lambda: vae_graph(latent_poison="inf"),
          errors=(r"DiffBIR VAE Decode \(exact tiles\): the input 'samples'", NONFINITE, "Check the node")),
+    Case("crop-to-stage1-nan", "NaN / inf", lambda: output_graph("crop", "nan"),
+         errors=("DiffBIR Crop to Stage-1 Size: the input 'image'", NONFINITE, "Check the node")),
+] + [  # the 8-bit methods would have saved NaN as black pixels
+    Case(f"resize-to-output-{method}-{v}", "NaN / inf", lambda method=method, v=v: output_graph("resize", v, method),
+         errors=("DiffBIR Resize to Output Size: the input 'image'", NONFINITE, "Check the node"))
+    for method, v in (("bicubic_antialias", "inf"), ("lanczos_uint8", "nan"), ("bicubic_uint8", "nan"))
+] + [
     Case("guidance-nan", "NaN / inf", lambda: guidance_graph(poison="nan"),
          errors=("DiffBIRRestorationGuidance", r"has 1 NaN or infinite values", "fix the node that produced it")),
 ]

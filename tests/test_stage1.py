@@ -146,6 +146,7 @@ class _Code:  # a pickled object is code, not weights
     ("pickled_code", "refused: a pickle that holds Python code or objects besides tensors"),
     ("unknown_tensors", "no architecture"),
     ("empty", "no state dict"),
+    ("swinir_missing_a_key", r"look like a known architecture but do not fit it .*patch_embed.norm.weight.*download"),
 ])
 def test_wrong_files_give_clear_errors(comfy, tmp_path, kind, message):
     path = tmp_path / f"{kind}.pth"
@@ -161,6 +162,10 @@ def test_wrong_files_give_clear_errors(comfy, tmp_path, kind, message):
                                        dtype=torch.uint8).numpy().tobytes())
     elif kind == "pickled_code":
         torch.save({"weights": _Code()}, path)
+    elif kind == "swinir_missing_a_key":  # a damaged or edited file: spandrel knows it, torch cannot load it
+        sd = model_factory.stage1_state_dict("realesrgan_s4_swinir_100k.pth")
+        sd.pop("patch_embed.norm.weight")
+        torch.save(sd, path)
     elif kind == "unknown_tensors":
         torch.save({"encoder.weight": torch.rand(4, 4), "decoder.bias": torch.rand(4)}, path)
     else:

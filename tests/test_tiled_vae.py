@@ -60,6 +60,27 @@ def test_moments_hold_the_mode_encode_returns(tv, vae, encoded):
     assert not torch.allclose(whole[:, 4:], whole[:, :4])
 
 
+def test_encode_node_takes_gray_and_rgba_as_the_other_nodes_do(comfy, vae, encoded):
+    """Gray becomes RGB and alpha is left out (as VAE Encode, stage 1 and the colour fix take them)."""
+    image, untiled = encoded
+    node = comfy.node_class("DiffBIRVAEEncodeTiled")
+    gray = image[..., :1]
+    rgba = torch.cat([image, torch.full_like(image[..., :1], 0.5)], dim=-1)
+    with torch.inference_mode():
+        from_gray = node.execute(vae, gray, 0).result[0]["samples"]
+        expected = node.execute(vae, gray.expand(-1, -1, -1, 3).contiguous(), 0).result[0]["samples"]
+        from_rgba = node.execute(vae, rgba, 0).result[0]["samples"]
+    assert torch.equal(from_gray, expected)
+    assert torch.equal(from_rgba, untiled)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 8, 8), (1, 4, 2, 8, 8), (4, 8, 8)])
+def test_decode_node_names_a_latent_of_another_kind(comfy, vae, shape):
+    with pytest.raises(ValueError, match=r"DiffBIR VAE Decode \(exact tiles\): the latent has shape .* but this VAE "
+                                         r"decodes \[batch, 4, height, width\] latents"):
+        comfy.node_class("DiffBIRVAEDecodeTiled").execute(vae, {"samples": torch.zeros(shape)}, 0)
+
+
 def test_tiled_decode_equals_untiled(comfy, tv, vae, encoded):
     _, latent = encoded
     with torch.inference_mode():

@@ -84,6 +84,47 @@ def test_a_pickle_with_code_never_runs(wio, tmp_path, container):
     assert not marker.exists(), "the payload ran"
 
 
+def test_a_plain_pickle_of_tensors_is_named_as_such(wio, tmp_path):
+    """pickle.dump (protocol 4 and up) is not a format torch's safe reader reads, though nothing in it
+    is code: named as that, with what to do, neither as code nor as a damaged download."""
+    path = tmp_path / "plain.pth"
+    path.write_bytes(pickle.dumps(dict(TENSORS), protocol=4))
+    with pytest.raises(wio.WeightsFileError, match=r"a pickle that PyTorch's safe \(weights-only\) reader cannot read "
+                                                   r".*not written by torch.save.*Save it again with torch.save"):
+        wio.read_tensors(str(path), "a test file")
+
+
+def test_a_damaged_pickle_is_called_corrupt_not_code(wio, tmp_path):
+    """Bits flipped inside a torch zip's data.pkl (its directory intact: damage on disk or in transit):
+    torch's weights-only reader refuses it without naming any foreign object, which is corruption, so
+    the advice is to download again, not that the file carries code. A flip that leaves a valid pickle
+    loads (the zip's checksums are not checked by torch)."""
+    import random
+    import zipfile
+
+    source = tmp_path / "source.pth"
+    torch.save({f"layer{i}.weight": torch.randn(8, 8) for i in range(20)}, source)
+    data = source.read_bytes()
+    with zipfile.ZipFile(source) as archive:
+        member = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)  # local header: 30 bytes + name
+    rng = random.Random(0)
+    outcomes = []
+    for _ in range(40):
+        damaged = bytearray(data)
+        damaged[start + rng.randrange(member.compress_size)] ^= 1 << rng.randrange(8)
+        path = tmp_path / "damaged.pth"
+        path.write_bytes(bytes(damaged))
+        try:
+            wio.read_tensors(str(path), "a test file")
+            outcomes.append("loaded")
+        except wio.WeightsFileError as error:
+            assert "could run code" not in str(error), str(error)
+            assert "corrupt" in str(error) and "download the file again" in str(error), str(error)
+            outcomes.append("corrupt")
+    assert outcomes.count("corrupt") >= 20  # before the fix 22 of these 40 were called code-carrying
+
+
 @pytest.mark.parametrize("wrapper", ["flat", "state_dict", "params_ema", "module.", "single key",
                                      "safetensors named .pth"])
 def test_published_wrappers_read(wio, tmp_path, wrapper):

@@ -209,14 +209,14 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
                 f"latent is {hint.shape[-1]}x{hint.shape[-2]}. Start the sampler from the LATENT output of "
                 "'DiffBIR Apply IRControlNet' (it has the right size) instead of resizing or making a latent by hand.")
         n = x_noisy.shape[0]
-        per = n // max(1, batched_number)
+        chunks = max(1, batched_number)  # cond, uncond, ... each with the latent batch
+        per = n // chunks
         b = hint.shape[0]
-        if b == n:
-            return hint
         if b == 1:
             return hint.expand(n, -1, -1, -1)
-        if b == per:
-            return hint.repeat(batched_number, 1, 1, 1)
+        if b == per and per * chunks == n:
+            return hint if chunks == 1 else hint.repeat(chunks, 1, 1, 1)
+        # (a stage-1 batch the size of cond + uncond together is a mismatch too: each chunk needs them all)
         raise IRControlNetError(
             f"the stage-1 image batch ({b}) does not match the latent batch ({per}): use the LATENT output of 'DiffBIR "
             "Apply IRControlNet', or a stage-1 batch of 1")

@@ -26,6 +26,11 @@ def load_cleaner(path: str):
     except UnsupportedModelError as error:
         raise ValueError(f"{name}: spandrel recognises no architecture in its {len(sd)} tensors (first keys: "
                          f"{', '.join(list(sd)[:3])}). Expected {expected}.") from error
+    except (RuntimeError, KeyError) as error:  # an architecture recognised, but its tensors do not all fit
+        detail = " ".join(line.strip() for line in str(error).strip().splitlines()[:2])[:600] or type(error).__name__
+        raise ValueError(f"{name}: its {len(sd)} tensors look like a known architecture but do not fit it ({detail}): "
+                         "the file is damaged, edited or a variant spandrel cannot build; download it again. "
+                         f"Expected {expected}.") from None
     if not isinstance(descriptor, ImageModelDescriptor):
         raise ValueError(f"{name} is a {descriptor.architecture.name} {descriptor.purpose} model, not a single-image "
                          f"model. Expected {expected}.")
