@@ -121,13 +121,16 @@ def test_every_task_and_version_in_the_help_runs_or_says_which_exist():
 # result is written under the expected name at input size x upscale (the aligned-face workflow keeps
 # the size: its input is a 512-style aligned crop, here 32x32).
 RUNS = {("sr", "v2.1"): 2, ("sr", "v1"): 2, ("denoise", "v2"): 2, ("denoise", "v1"): 2,
-        ("face_in_the_wild", "v2.1"): 2, ("face_in_the_wild", "v1"): 2}
+        ("face_in_the_wild", "v2.1"): 2}
 
 
 def test_every_workflow_pair_is_run():
     restore = restore_module()
     tested_above = {("sr", "v2"), ("face", "v2.1"), ("face", "v1")}  # a folder end to end, an aligned face
-    assert set(restore.WORKFLOW_FOR) == set(RUNS) | tested_above
+    # its workflow runs headless in test_example_workflows.py; through this command it took 184 s in CI (two
+    # 50-step samplers over many random-weight detections) to test what the v2.1 case already does
+    workflow_only = {("face_in_the_wild", "v1")}
+    assert set(restore.WORKFLOW_FOR) == set(RUNS) | tested_above | workflow_only
 
 
 @pytest.mark.server
