@@ -93,10 +93,10 @@ def detect(detector, rgb: torch.Tensor, detection_size: int = 640, eye_distance_
     scale = 1.0
     if detection_size and detection_size > 0:
         scale = max(1.0, detection_size / min(height, width))
-    # the official helper enlarges whatever the shape: a strip a few pixels tall would become gigapixels
+    # the official helper enlarges whatever the shape: a 1x300 strip would be detected at 192000 x 640
     most = max(1.0, math.sqrt(DETECTION_MAX_PIXELS / (height * width)))
     if scale > most:
-        logging.getLogger("DiffBIR").warning(
+        logging.warning(
             "DiffBIR Face Detect & Align: a %dx%d image is detected at %dx%d, not with its short side at %d px as "
             "the official code does (%dx%d): at most a 4K frame's pixel count for an image this long and thin",
             width, height, int(width * most), int(height * most), detection_size, int(width * scale),

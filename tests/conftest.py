@@ -57,6 +57,22 @@ def zsnr_ckpt() -> Path:
     return path
 
 
+@pytest.fixture
+def model_loads(monkeypatch) -> list:
+    """(patcher, memory_required, force_full_load) of every ``load_models_gpu`` call during the test;
+    each call still runs."""
+    from comfy import model_management as mm
+
+    loads, original = [], mm.load_models_gpu
+
+    def load_models_gpu(models, memory_required=0, **options):
+        loads.extend((m, memory_required, options.get("force_full_load", False)) for m in models)
+        return original(models, memory_required=memory_required, **options)
+
+    monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu)
+    return loads
+
+
 @pytest.fixture(scope="session")
 def published_models(sd2_tiny):
     """Random-weight stand-ins for every file the example workflows name."""

@@ -266,7 +266,7 @@ def test_weight_errors_say_what_to_do(comfy, tmp_path, monkeypatch):
         detection.build_retinaface(broken, source="broken.pth")
 
 
-def test_paste_with_face_parser(comfy, astronaut_faces, monkeypatch):
+def test_paste_with_face_parser(comfy, astronaut_faces, monkeypatch, model_loads):
     """ParseNet (random weights in the published layout) limits the paste mask. The official network
     input is 512 px (~10 s on 2 CPU cores); here it runs at 128 px to keep the test short (the mask
     maths at 512 is checked against the official code in test_faces_parity.py)."""
@@ -276,29 +276,14 @@ def test_paste_with_face_parser(comfy, astronaut_faces, monkeypatch):
     with torch.inference_mode():
         parser = comfy.node_class("DiffBIRFaceParserLoader").execute(False).result[0]
     _, plain_mask = paste(comfy, image, crops, faces)
-    loads = _record_loads(monkeypatch)
     out, mask = paste(comfy, image, crops, faces, face_parser=parser)
     assert out.shape == image.shape and mask.shape == plain_mask.shape
     assert torch.all(mask <= plain_mask + 1e-6)  # the parse mask only ever narrows the soft mask
     face_models = comfy.pack_module("diffbir_modules.face_models")
-    assert loads == [(parser.patcher, face_models.PARSER_BYTES, True)]
+    assert model_loads == [(parser.patcher, face_models.PARSER_BYTES, True)]
 
 
-def _record_loads(monkeypatch) -> list:
-    """(patcher, memory_required, force_full_load) of every ``load_models_gpu`` call, which still runs."""
-    from comfy import model_management as mm
-
-    loads, original = [], mm.load_models_gpu
-
-    def load_models_gpu(models, memory_required=0, **options):
-        loads.extend((m, memory_required, options.get("force_full_load", False)) for m in models)
-        return original(models, memory_required=memory_required, **options)
-
-    monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu)
-    return loads
-
-
-def test_detector_loads_whole_with_room_for_the_image(comfy, mtcnn, monkeypatch):
+def test_detector_loads_whole_with_room_for_the_image(comfy, mtcnn, monkeypatch, model_loads):
     """The detector goes onto ComfyUI's device whole (a plain network: a partial load would split it
     between devices) after freeing room for its activations at the image's size."""
     face_models = comfy.pack_module("diffbir_modules.face_models")
@@ -306,10 +291,9 @@ def test_detector_loads_whole_with_room_for_the_image(comfy, mtcnn, monkeypatch)
     inputs, original = [], mtcnn.detect
     monkeypatch.setattr(mtcnn, "detect", lambda image_255, *args, **kwargs: (
         inputs.append(image_255.shape[-2:]), original(image_255, *args, **kwargs))[1])
-    loads = _record_loads(monkeypatch)
     detect(comfy, image, mtcnn)
     (height, width), = inputs  # the image as the detector gets it (resized for detection)
-    assert loads == [(mtcnn.patcher, height * width * face_models.DETECTOR_BYTES_PER_PIXEL, True)]
+    assert model_loads == [(mtcnn.patcher, height * width * face_models.DETECTOR_BYTES_PER_PIXEL, True)]
 
 
 def test_paste_official_quirks_works_on_8_bits(comfy, astronaut_faces):
@@ -333,7 +317,7 @@ def test_paste_official_quirks_works_on_8_bits(comfy, astronaut_faces):
 
 def test_detection_enlarges_a_long_thin_image_only_to_a_4k_frame(comfy, caplog):
     """The official rule (short side up to detection_size) holds for ordinary shapes; a strip a few pixels
-    tall stops at a 4K frame's pixel count instead of gigapixels (a 2x300 strip: 640 x 96000 officially)."""
+    tall stops at a 4K frame's pixel count instead of 61 megapixels (a 2x300 strip: 640 x 96000 officially)."""
     import logging
 
     faces_module = comfy.pack_module("diffbir_modules.faces")

@@ -127,8 +127,8 @@ RUNS = {("sr", "v2.1"): 2, ("sr", "v1"): 2, ("denoise", "v2"): 2, ("denoise", "v
 def test_every_workflow_pair_is_run():
     restore = restore_module()
     tested_above = {("sr", "v2"), ("face", "v2.1"), ("face", "v1")}  # a folder end to end, an aligned face
-    # its workflow runs headless in test_example_workflows.py; through this command it took 184 s in CI (two
-    # 50-step samplers over many random-weight detections) to test what the v2.1 case already does
+    # its workflow runs headless in test_example_workflows.py; through this command it took 184 s in CI to
+    # test what the v2.1 case already does
     workflow_only = {("face_in_the_wild", "v1")}
     assert set(restore.WORKFLOW_FOR) == set(RUNS) | tested_above | workflow_only
 

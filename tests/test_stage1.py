@@ -323,22 +323,16 @@ def test_out_of_memory_as_the_runtime_tells_it(comfy, stage1):
     assert not stage1.is_oom(ValueError("out of memory"))
 
 
-def test_memory_asked_for_is_the_activations_only(comfy, stage1, monkeypatch):
+def test_memory_asked_for_is_the_activations_only(comfy, stage1, model_loads):
     """``load_models_gpu`` adds the model's own size to ``memory_required``: stage 1 asks for its
     activations only, as core's upscale node does since it loads through model management."""
-    from comfy import model_management as mm
-
     model = load(comfy, "realesrgan_s4_swinir_100k.pth")
     cleaner = stage1.Cleaner.from_spandrel(model)
-    asked = []
-    original = mm.load_models_gpu
-    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **kwargs: (
-        asked.append((memory_required, kwargs)), original(models, memory_required=memory_required, **kwargs))[1])
     run_node(comfy, photo(), model, upscale=4.0)
     height, width = stage1.plan(20, 28, stage1.resolve_rules("auto", cleaner), cleaner.scale,
                                 stage1.Settings(upscale=4.0)).model_input  # untiled
     activations = height * width * 3 * 4 * max(cleaner.scale, 1) * 384  # ComfyUI's upscale-node heuristic
-    assert asked == [(activations, {"force_full_load": True})]
+    assert model_loads == [(model.patcher, activations, True)]
 
 
 def test_tiles_chosen_when_the_image_does_not_fit(comfy, stage1, monkeypatch, caplog):
