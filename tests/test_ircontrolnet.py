@@ -625,11 +625,14 @@ def test_attention_is_sdpa_whatever_the_global_cpu_choice(comfy, irc, monkeypatc
 
 
 def test_each_model_call_on_a_cpu_starts_by_handing_freed_memory_back(comfy, tiny_models, prompts, monkeypatch):
-    """On a CPU every control computation (one per model call) first returns what the previous call freed
-    to the system, so the resident peak does not creep up from step to step (docs/performance.md, 1024 px:
-    1.41 / 1.49 / 1.48 GiB above the weights over steps 1-3 without it). Recorded against the control
-    calls themselves: one release right before each."""
+    """On a CPU every control computation (one per model call) of a large enough latent first returns what the
+    previous call freed to the system, so the resident peak does not creep up from step to step
+    (docs/performance.md, 1024 px: 1.41 / 1.49 / 1.48 GiB above the weights over steps 1-3 without it).
+    Recorded against the control calls themselves: one release right before each, none below the bound."""
     pos, neg, latent = apply_node(comfy, tiny_models, prompts, stage1_image())
+    control_module = comfy.pack_module("diffbir_modules.ircontrolnet.control")
+    assert control_module.HAND_BACK_LATENT == 2 * 90 * 90  # a cfg batch of 720 px images and larger, as shipped
+    monkeypatch.setattr(control_module, "HAND_BACK_LATENT", 2 * 8 * 8)  # this 64 px image's cfg batch
     host_memory = comfy.pack_module("diffbir_modules.host_memory")
     events = []
     monkeypatch.setattr(host_memory, "release", lambda: events.append("release") or True)
@@ -640,3 +643,7 @@ def test_each_model_call_on_a_cpu_starts_by_handing_freed_memory_back(comfy, tin
     run_sampler(comfy, tiny_models[0], pos, neg, latent, steps=3)
     assert events.count("control") == 3  # cond and uncond batched: one model call per euler step
     assert events == ["release", "control"] * 3
+    monkeypatch.setattr(control_module, "HAND_BACK_LATENT", 2 * 8 * 8 + 1)  # one latent pixel short of it
+    events.clear()
+    run_sampler(comfy, tiny_models[0], pos, neg, latent, steps=2)
+    assert events == ["control"] * 2

@@ -579,13 +579,14 @@ def test_decode_node_hands_freed_memory_back_before_and_after_decoding(comfy, tv
 
 @pytest.mark.parametrize("part", ["encode", "decode"])
 def test_tiles_hand_freed_memory_back_one_by_one_on_a_cpu(comfy, tv, vae, square, part, monkeypatch):
-    """On a CPU every tile returns its freed working memory to the system before another tile runs: the
-    tiles' short-lived tensors otherwise spread over free pages of heaps that earlier stages fragmented
-    (a whole 1024 px restore: decode 1.74-1.87 -> 1.17-1.18 GiB above the weights, docs/performance.md).
-    Recorded as events: which tile's program was advanced, and each release; in lockstep and in replay."""
+    """On a CPU, in a level that parks at least ``HAND_BACK_PARKED_BYTES``, every tile returns its freed
+    working memory to the system before another tile runs: the tiles' short-lived tensors otherwise spread
+    over free pages of heaps that earlier stages fragmented (a whole 1024 px restore: decode 1.57-1.87 ->
+    1.17-1.21 GiB above the weights, docs/tiling.md). Recorded as events: which tile's program was advanced,
+    and each release; in lockstep and in replay. With the bound as shipped, this small image hands nothing
+    back (at 512 px that only cost time)."""
     host_memory = comfy.pack_module("diffbir_modules.host_memory")
     events = []
-    monkeypatch.setattr(host_memory, "release", lambda: events.append("release") or True)
 
     def counting(run):
         def wrapped(segment, *args):
@@ -607,16 +608,24 @@ def test_tiles_hand_freed_memory_back_one_by_one_on_a_cpu(comfy, tv, vae, square
                 segment.program = inner
         return wrapped
 
-    image, latent = square
-    for mode in ("lockstep", "replay"):
-        name = "_" + mode
-        monkeypatch.setattr(tv.engine, name, counting(getattr(tv.engine, name)))
+    def run(mode):
         events.clear()
         with torch.inference_mode():
             if part == "encode":
                 tv.encode(vae, image, 64, progress=False, replay=mode == "replay")
             else:
                 tv.decode(vae, latent, 64, progress=False, replay=mode == "replay")
+
+    image, latent = square
+    for mode in ("lockstep", "replay"):
+        with monkeypatch.context() as patch:
+            patch.setattr(host_memory, "release", lambda: events.append("release") or True)
+            name = "_" + mode
+            patch.setattr(tv.engine, name, counting(getattr(tv.engine, name)))
+            run(mode)
+            assert "release" not in events and events, mode  # 192 px: far below the bound
+            patch.setattr(tv.engine, "HAND_BACK_PARKED_BYTES", 0)
+            run(mode)
         runs, tiles = [], set()  # the tiles advanced between two releases
         for event in events:
             if event == "release":
@@ -626,7 +635,19 @@ def test_tiles_hand_freed_memory_back_one_by_one_on_a_cpu(comfy, tv, vae, square
                 tiles.add(event)
         assert not tiles, f"{mode}: the last tile was not followed by a release"
         assert len(runs) > 9 and set(runs) == {1}, (mode, runs)  # one tile, then a release, every time
-        monkeypatch.undo()
-        monkeypatch.setattr(host_memory, "release", lambda: events.append("release") or True)
-    monkeypatch.setattr(host_memory, "release", lambda: pytest.fail("released for a GPU's tiles"))
-    tv.engine._hand_back_freed(torch.device("meta"))
+
+
+def test_hand_back_where_lockstep_parks_half_a_gib_on_a_cpu(tv, vae):
+    """The bound in numbers: the decoder's first full-resolution segment (lockstep parks 2 x 128 channels
+    per pixel) hands back at 1024 px (1 GiB) and 768 px (576 MiB), not at 512 px (256 MiB), and never on
+    another device."""
+    first_full = next(s for s in tv.segments.decoder_segments(vae.first_stage_model.decoder)
+                      if s.level == 0 and s.resample == tv.segments.UP)
+
+    def hands_back(size, device="cpu"):
+        half = tv.tiles.TiledMap([(0, size, 0, size)], 2, size, size)
+        full = tv.tiles.TiledMap([(0, size, 0, size)], 1, size, size)
+        return tv.engine.hands_back(first_full, half, full, torch.device(device))
+
+    assert hands_back(1024) and hands_back(768) and not hands_back(512)
+    assert not hands_back(1024, "meta")

@@ -18,6 +18,13 @@ from .network import LATENT_CHANNELS, IRControlNet, IRControlNetConfig, IRContro
 
 log = logging.getLogger("DiffBIR")
 
+# Latent pixels of a model call (batch x height x width) from which each call on a CPU first hands the
+# previous call's freed memory back: a cfg batch of two 720 px images. Below it the hand-back only costs
+# (512 px: 0.7 % of a cfg step, the peak already 0.5 GiB above the weights); at 1024 px it keeps the
+# sampler's peak from creeping up (docs/performance.md).
+HAND_BACK_LATENT = 2 * 90 * 90
+
+
 class IRControlNetControl(comfy.controlnet.ControlBase):
     """A DiffBIR IRControlNet as a ComfyUI control object (what the apply node puts into every
     positive and negative conditioning, like ComfyUI's ControlNet).
@@ -175,11 +182,12 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         return None
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-        if x_noisy.device.type == "cpu":
+        b, h, w = x_noisy.shape[0], x_noisy.shape[-2], x_noisy.shape[-1]
+        if x_noisy.device.type == "cpu" and b * h * w >= HAND_BACK_LATENT:
             # what the previous model call freed goes back to the system before this one allocates: else
             # each call's short-lived tensors spread over more free heap pages and the resident peak creeps
             # up from step to step (1024 px, 2-core CPU, steps 1-3: 1.41 / 1.49 / 1.48 GiB above the
-            # weights, with this 1.36 / 1.35 / 1.20; docs/performance.md)
+            # weights; 1.36 / 1.35 / 1.20 handed back around each call; docs/performance.md)
             host_memory.release()
         control_prev = None
         if self.previous_controlnet is not None:

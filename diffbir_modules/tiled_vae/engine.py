@@ -105,16 +105,31 @@ def _affine(norm, mean: torch.Tensor, var: torch.Tensor, device) -> tuple:
             shift.to(device=device, dtype=torch.float32).reshape(-1))
 
 
-def _hand_back_freed(device) -> None:
-    """After each tile on a CPU: the pages its freed working tensors left in glibc's heaps go back to
-    the system. Without it, each tile's short-lived tensors land on other free pages of heaps that
-    earlier stages (loading, sampling) left fragmented, and over a level's tiles the resident memory
-    grows about 0.6 GiB above the tensors alive (a whole 1024 px restore on a 2-core CPU: decode peak
-    1.57-1.87 GiB above the weights, 1.17-1.18 with this; 230 hand-backs, 0.64 s of a 58 s decode;
-    once per pass instead of per tile did not help, docs/development.md). Touches no live memory; on a
-    GPU the tiles' working tensors are not in host memory."""
-    if torch.device(device).type == "cpu":
-        host_memory.release()
+HAND_BACK_PARKED_BYTES = 512 * 2**20  # hand back after every tile where lockstep parks this much or more
+
+
+def hands_back(segment: Segment, source: TiledMap, target: TiledMap, device) -> bool:
+    """Whether each tile of ``segment`` hands the pages its freed working tensors left in glibc's heaps back
+    to the system (``host_memory.release``) before the next tile runs: on a CPU, where lockstep parks at
+    least ``HAND_BACK_PARKED_BYTES`` (twice the block's output channels over the whole map).
+
+    Why: inside a whole restore the decode starts on heaps that loading and sampling left with free space
+    between the weights' blocks; the tiles' tensors under glibc's 32 MiB mmap threshold land on other free
+    pages tile after tile, and at 1024 px the resident memory grew 0.6 GiB above the tensors in use by the
+    first full-resolution pass (decode peak 1.57-1.87 GiB above the weights, 1.17-1.21 handing back after
+    every tile; docs/tiling.md). Below the bound it only costs: at 512 px (full resolution parks 256 MiB)
+    the hand-backs and the pages mapped again after them made a decode 8 % slower and lowered nothing. Once
+    per pass instead of per tile did not help (docs/development.md). Touches no live memory; on a GPU the
+    tiles' working tensors are not in host memory."""
+    if torch.device(device).type != "cpu":
+        return False
+    sample = next((c for c in source.chunks if c is not None), None)
+    size = sample.element_size() if sample is not None else 4
+    return target.height * target.width * 2 * segment.channels[1] * size >= HAND_BACK_PARKED_BYTES
+
+
+def _nothing() -> None:
+    pass
 
 
 class Meter:
@@ -134,7 +149,8 @@ class Meter:
         self.peak_bytes = max(self.peak_bytes, sum(seen.values()))
 
 
-def _lockstep(segment: Segment, source: TiledMap, target: TiledMap, device, park, on_pass, meter) -> None:
+def _lockstep(segment: Segment, source: TiledMap, target: TiledMap, device, park, on_pass, meter,
+              after_tile) -> None:
     """Every tile advances to the segment's next GroupNorm; what it hands out is parked until the
     whole-image statistics are known. Fast; parks up to twice ``out_channels`` per element."""
     programs, requests, origins = {}, {}, {}
@@ -155,7 +171,7 @@ def _lockstep(segment: Segment, source: TiledMap, target: TiledMap, device, park
         programs[i] = segment.program([x.to(device)])
         del x
         advance(i, next(programs[i]), False)
-        _hand_back_freed(device)
+        after_tile()
         if meter:
             meter.measure(source.tensors(), [t for r in requests.values() for t in (r[1], *r[2])])
     on_pass()
@@ -175,13 +191,14 @@ def _lockstep(segment: Segment, source: TiledMap, target: TiledMap, device, park
                 del programs[i]
             finally:
                 del sent
-            _hand_back_freed(device)
+            after_tile()
             if meter:
                 meter.measure(target.tensors(), [t for r in requests.values() for t in (r[1], *r[2])])
         on_pass()
 
 
-def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, on_pass, meter) -> None:
+def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, on_pass, meter,
+            after_tile) -> None:
     """Parks only the segment's input: each GroupNorm's statistics come from a pass that runs every
     tile from the input up to that GroupNorm (the earlier ones normalised with their known
     statistics), and a last pass produces the output. Costs the segment's first half again per
@@ -211,7 +228,7 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
                     raise RuntimeError("a VAE segment ended before its GroupNorms") from None
                 target.chunks[i] = done.value[..., rows, cols].to(park)
                 del done
-                _hand_back_freed(device)
+                after_tile()
                 if meter:
                     meter.measure(source.tensors(), target.tensors())
                 continue
@@ -220,7 +237,7 @@ def _replay(segment: Segment, source: TiledMap, target: TiledMap, device, park, 
             stats.add(t, rows, cols, norm.num_groups)
             del t
             program.close()
-            _hand_back_freed(device)
+            after_tile()
             if meter:
                 meter.measure(source.tensors(), target.tensors())
         on_pass()
@@ -239,7 +256,8 @@ def _run(segments: list[Segment], plan: list[list], first: TiledMap, device, par
         step = out_step(source.step, segment.resample)
         target = TiledMap(owns, step, source.height * source.step, source.width * source.step, source.memory_format)
         run = _replay if segment.level in replay else _lockstep
-        run(segment, source, target, device, park, on_pass, meter)
+        after_tile = host_memory.release if hands_back(segment, source, target, device) else _nothing
+        run(segment, source, target, device, park, on_pass, meter, after_tile)
         source = target
     return source
 
