@@ -577,6 +577,7 @@ def test_decode_node_hands_freed_memory_back_before_and_after_decoding(comfy, tv
     assert image.shape == (1, H, W, 3)
 
 
+@pytest.mark.once  # the pack's own memory handling, the same on every runtime
 @pytest.mark.parametrize("part", ["encode", "decode"])
 def test_tiles_hand_freed_memory_back_one_by_one_on_a_cpu(comfy, tv, vae, square, part, monkeypatch):
     """On a CPU, in a level that parks at least ``HAND_BACK_PARKED_BYTES``, every tile returns its freed
