@@ -572,8 +572,8 @@ def test_decode_node_hands_freed_memory_back_before_and_after_decoding(comfy, tv
     _, latent = encoded
     with torch.inference_mode():
         image = comfy.node_class("DiffBIRVAEDecodeTiled").execute(vae, {"samples": latent}, 64).result[0]
-    # the decode hands back after each tile as well (test below): here only what the node adds around it
-    assert calls[0] == "release" and calls[1] == "decode" and calls[-1] == "release"
+    # a 64 px image is far below the per-tile hand-back's bound (test below): only what the node adds
+    assert calls == ["release", "decode", "release"]
     assert image.shape == (1, H, W, 3)
 
 

@@ -20,7 +20,7 @@ log = logging.getLogger("DiffBIR")
 
 # Latent pixels of a model call (batch x height x width) from which each call on a CPU first hands the
 # previous call's freed memory back: a cfg batch of two 720 px images. Below it the hand-back only costs
-# (512 px: 0.7 % of a cfg step, the peak already 0.5 GiB above the weights); at 1024 px it keeps the
+# (512 px: 0.6 % of a cfg step, the peak already 0.5 GiB above the weights); at 1024 px it keeps the
 # sampler's peak from creeping up (docs/performance.md).
 HAND_BACK_LATENT = 2 * 90 * 90
 
