@@ -6,8 +6,9 @@ On a CPU ComfyUI computes the UNet in float32 whatever the weights are stored in
 (Intel Xeon from the 4th generation, AMD Zen 4 and later) multiply bf16 in hardware; there torch's
 autocast runs the UNet's and the IRControlNet's convolutions, matrix products and attention in bf16 and
 the rest (normalisation, the sampler, cfg, guidance) in float32: a sampling step about 2.5x as fast
-(docs/performance.md). Not exact, like a half-precision UNet on a GPU (random weights: 1.6 uint8 levels
-on average, up to 15), so "fp32" (the official code's precision on a CPU) stays the default.
+with AMX, 1.6x with AVX-512 BF16 alone (docs/performance.md). Not exact, like a half-precision UNet on a
+GPU (random weights: 1.6 uint8 levels on average, up to 15), so "fp32" (the official code's precision on
+a CPU) stays the default.
 
 The switch wraps ComfyUI's ``calc_cond_batch`` (one wrapper among others, the model's own clone): the
 control networks' residuals and the UNet's prediction both run inside it.

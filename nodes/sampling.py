@@ -51,8 +51,9 @@ class DiffBIRModelSampling(io.ComfyNode):
                                optional=True, tooltip=(
                                    "Only when sampling runs on a CPU. fp32: as the official code, exact. bf16: the "
                                    "UNet and the IRControlNet compute in bfloat16 (torch autocast), a sampling step "
-                                   "about 2.5x faster on a CPU with bf16 instructions (AVX-512 BF16 or AMX: Intel Xeon "
-                                   "4th generation and later, AMD Zen 4 and later); the image moves by a few levels. "
+                                   "faster on a CPU with bf16 instructions: about 2.5x with AMX (Intel Xeon 4th "
+                                   "generation and later), 1.6x with AVX-512 BF16 alone (AMD Zen 4 and later); the "
+                                   "image moves by a few levels. "
                                    "On a CPU without them it stays fp32 (bf16 would be emulated there, slowly), with a "
                                    "warning. On a GPU ComfyUI already picks fp16 or bf16 itself.")),
                 io.Combo.Input("cpu_convolution", options=list(convolution.CPU_CONVOLUTION_CHOICES),
