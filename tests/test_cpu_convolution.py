@@ -153,10 +153,12 @@ def test_both_networks_follow_the_switch(restoration, every_convolution_routed):
     assert kept_counts["matrix product"] == 0 and kept_counts["usual"] == fast_counts["matrix product"]
     assert 0 < bare_counts["matrix product"] < fast_counts["matrix product"] and bare_counts["usual"] > 0
     difference = float((fast - kept).abs().max() / kept.abs().max())
-    # float32 summation order only: measured 6.5e-5 of the largest latent value (2 steps, cfg 4, every
-    # convolution of both tiny random networks re-routed; the unet_attention switch moves the same sample by
-    # 7.9e-6); the bound leaves 3x
-    assert 0 < difference < 2e-4
+    # float32 summation order only: measured 6.5e-5 of the largest latent value on an Intel AVX-512 CPU and
+    # 2.6e-4 on an AMD Zen 4 (2 steps, cfg 4, every convolution of both tiny random networks re-routed; the
+    # unet_attention switch moved the same sample by 7.9e-6 on the first). On the Zen 4 either kernel alone
+    # is 2e-7 from a float64 convolution at these shapes: the sampler amplifies rounding, which depends on
+    # the CPU's kernels. The bound leaves ~4x the larger
+    assert 0 < difference < 1e-3
 
 
 def test_tiled_sampling_routes_every_window(restoration, every_convolution_routed):
