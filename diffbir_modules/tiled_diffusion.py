@@ -213,12 +213,14 @@ def _fits(model, shape, conds_count: int, free: float) -> bool:
     return model.memory_required(input_shape) * 1.5 < free
 
 
-def choose_settings(model, x_shape, settings: DiffusionTiling, conds_count: int, free_memory: float
-                    ) -> tuple[int, int, int]:
+def choose_settings(model, x_shape, settings: DiffusionTiling, conds_count: int, free_memory: float,
+                    on_cpu: bool = False) -> tuple[int, int, int]:
     """(tile px, stride px, tile batch) for a latent of ``x_shape``; tile 0 = untiled. Explicit settings
     win; automatic ones come from the memory ComfyUI reports: untiled when the whole latent fits, else
     the largest tile of AUTO_TILES that fits, stride half the tile; the batch is as many tiles as fit
-    (at most the explicit tile_batch)."""
+    (at most the explicit tile_batch). On a CPU the automatic batch is one tile: two 1024 px tiles per
+    call there took as long per tile as one and raised the sampling peak by 1.1 GiB (2048 px, AMD Zen 4,
+    docs/performance.md)."""
     b, c, h, w = x_shape
     tile = settings.tile_size
     if not tile:
@@ -233,7 +235,7 @@ def choose_settings(model, x_shape, settings: DiffusionTiling, conds_count: int,
     stride = settings.tile_stride or max(LATENT_FACTOR, tile // 2 // LATENT_FACTOR * LATENT_FACTOR)
     stride = min(stride, tile)
     t = tile // LATENT_FACTOR
-    limit = settings.tile_batch or 16
+    limit = settings.tile_batch or (1 if on_cpu else 16)
     batch = 1
     while batch < limit and _fits(model, (b * (batch + 1), c, t, t), conds_count, free_memory):
         batch += 1
@@ -258,7 +260,8 @@ class TiledDiffusion:
         b, _, h, w = x_in.shape
         conds_count = sum(1 for c in conds if c is not None)
         free = comfy.model_management.get_free_memory(x_in.device)
-        tile_px, stride_px, batch = choose_settings(model, tuple(x_in.shape), settings, conds_count, free)
+        tile_px, stride_px, batch = choose_settings(model, tuple(x_in.shape), settings, conds_count, free,
+                                                    on_cpu=x_in.device.type == "cpu")
         windows = latent_windows(h, w, tile_px, stride_px) if tile_px else []
         key = (tuple(x_in.shape), tile_px, stride_px, batch)
         if self._logged != key:

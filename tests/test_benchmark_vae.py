@@ -3,8 +3,13 @@ equal to ComfyUI's untiled one (a smoke run at a small size; the figures themsel
 
 from __future__ import annotations
 
+import pytest
+
 from diffbir_modules import cpu_features
 from scripts import benchmark_vae, in_worker_thread
+
+# The benchmark tooling, not the user's path and not runtime-specific: default runtime only in CI.
+pytestmark = pytest.mark.once
 
 
 def test_benchmark_vae_small_run(comfy):

@@ -140,7 +140,7 @@ def test_tiled_result_is_close_to_untiled_but_not_equal(comfy, models):
 
 
 def test_tile_batches_give_the_same_result(comfy, models):
-    """Tiles evaluated 1, 4 (last batch of 3) or automatically many at a time: the same numbers."""
+    """Tiles evaluated 1, 4 (last batch of 3) or automatically (one per call on a CPU): the same numbers."""
     pos, neg, latent = applied(comfy, models)
     one = reference(comfy, models, "tiled")
     four = ksampler(comfy, tiled(comfy, models["model"], batch=4), pos, neg, latent)
@@ -273,6 +273,12 @@ def test_automatic_settings_follow_the_free_memory(comfy, models, td):
     explicit = td.DiffusionTiling(tile_size=512, tile_stride=128, tile_batch=2)
     assert td.choose_settings(base, shape, explicit, 2, whole * 2) == (512, 128, 2)
     assert td.choose_settings(base, shape, td.DiffusionTiling(tile_size=512, tile_batch=3), 2, tiny) == (512, 256, 1)
+    # a CPU gets one tile per call automatically, however much memory is free; an explicit batch still wins
+    roomy = base.memory_required([2 * 16, 4, 64, 64]) * 1.5 * 2
+    assert td.choose_settings(base, shape, td.DiffusionTiling(tile_size=512), 2, roomy)[2] == 16
+    assert td.choose_settings(base, shape, td.DiffusionTiling(tile_size=512), 2, roomy, on_cpu=True)[2] == 1
+    assert td.choose_settings(base, shape, td.DiffusionTiling(tile_size=512, tile_batch=3), 2, roomy,
+                              on_cpu=True)[2] == 3
 
 
 def test_progress_runs_over_tiles_and_steps(comfy, models):
