@@ -37,7 +37,7 @@ class DiffBIRTiledSampling(io.ComfyNode):
                     "multiple of 8 up to the tile size. Smaller: more overlap, smoother blending, slower.")),
                 io.Int.Input("tile_batch", default=0, min=0, max=64, tooltip=(
                     "Tiles evaluated together in one model call: 0 = automatic (on a GPU as many as fit in free "
-                    "memory, up to 16; on a CPU one, as batching saves little time there and costs memory); 1 = one "
+                    "memory, up to 16; on a CPU one, as batching saved no time there and cost memory); 1 = one "
                     "at a time (least memory). Same result whatever the batch.")),
                 io.Combo.Input("weighting", options=WEIGHTING_OPTIONS, default="gaussian", tooltip=(
                     "How overlapping tiles are blended. gaussian: official (its vertical profile is centred half a "
